@@ -1,0 +1,296 @@
+"""The EVC wire codec: envelopes, detection frames, heartbeats, states and uplink batches.
+
+Every message is one msgpack array, so any stock msgpack decoder can read it::
+
+    [version, kind, origin, epoch, seq, ts_ms, body]
+
+``version`` is the first byte after the array header, ``kind`` a small integer (:class:`Kind`),
+``(origin, epoch, seq)`` the idempotency key and ``ts_ms`` the producer's wall clock in
+milliseconds. ``docs/PROTOCOL.md`` describes every byte.
+
+Detection bodies are columnar to stay small: class ids, scores and boxes are packed little-endian
+into msgpack ``bin`` fields (scores as uint8 /255, boxes as uint16 /65535 of the frame size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from evc.errors import (
+    MalformedPayloadError,
+    PayloadTooLargeError,
+    SchemaError,
+    UnknownVersionError,
+)
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_DETECTIONS_PER_FRAME = 4096
+_BOX_SCALE = 65535.0
+_SCORE_SCALE = 255.0
+_U64 = 2**64 - 1
+
+
+class Kind(IntEnum):
+    """What an envelope carries."""
+
+    DETECTIONS = 1
+    HEARTBEAT = 2
+    STATE = 3
+    SAMPLE = 4
+    BATCH = 5
+
+
+class BatchEncoding(IntEnum):
+    """How the records of an uplink batch are packed."""
+
+    PLAIN = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """Identifies a record across every retry, restart and redelivery."""
+
+    origin: str
+    epoch: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.origin}:{self.epoch}:{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded message: the header fields and the kind-specific body (not yet validated)."""
+
+    kind: Kind
+    origin: str
+    epoch: int
+    seq: int
+    ts_ms: int
+    body: Any
+
+    @property
+    def key(self) -> IdempotencyKey:
+        """The idempotency key of this record."""
+        return IdempotencyKey(self.origin, self.epoch, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionFrame:
+    """The detections of one video frame, as numpy columns.
+
+    Boxes are ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame.
+    """
+
+    model_version: str
+    width: int
+    height: int
+    class_ids: npt.NDArray[np.uint16]
+    scores: npt.NDArray[np.float32]
+    boxes: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records forwarded by one gateway in one uplink message."""
+
+    site: str
+    records: list[bytes]
+
+
+def encode(kind: Kind, origin: str, epoch: int, seq: int, ts_ms: int, body: Any) -> bytes:
+    """Pack an envelope. ``body`` must already be made of msgpack-native values."""
+    packed: bytes = msgpack.packb(
+        [PROTOCOL_VERSION, int(kind), origin, epoch, seq, ts_ms, body], use_bin_type=True
+    )
+    return packed
+
+
+def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Envelope:
+    """Unpack and validate an envelope header.
+
+    Raises:
+        PayloadTooLargeError: ``data`` is longer than ``max_bytes``.
+        MalformedPayloadError: ``data`` is not one complete msgpack document.
+        UnknownVersionError: the version is not one this build speaks.
+        SchemaError: a header field is missing or of the wrong type.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"payload of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        doc = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True
+        )
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise MalformedPayloadError(f"not a msgpack document: {exc}") from exc
+    if not isinstance(doc, list) or not doc:
+        raise SchemaError("envelope must be a msgpack array")
+    version = doc[0]
+    if type(version) is not int:
+        raise SchemaError("envelope version must be an integer")
+    if version != PROTOCOL_VERSION:
+        raise UnknownVersionError(f"protocol version {version} is not supported")
+    if len(doc) != 7:
+        raise SchemaError(f"envelope has {len(doc)} fields, expected 7")
+    _, kind, origin, epoch, seq, ts_ms, body = doc
+    try:
+        kind = Kind(kind)
+    except ValueError as exc:
+        raise SchemaError(f"unknown message kind {kind!r}") from exc
+    if not isinstance(origin, str) or not origin:
+        raise SchemaError("origin must be a non-empty string")
+    for name, value in (("epoch", epoch), ("seq", seq), ("ts_ms", ts_ms)):
+        if type(value) is not int or not 0 <= value <= _U64:
+            raise SchemaError(f"{name} must be an unsigned integer")
+    return Envelope(kind, origin, epoch, seq, ts_ms, body)
+
+
+# -- detections --------------------------------------------------------------------------------
+
+
+def encode_detections(
+    *,
+    origin: str,
+    epoch: int,
+    seq: int,
+    ts_ms: int,
+    model_version: str,
+    width: int,
+    height: int,
+    class_ids: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    boxes: npt.ArrayLike,
+) -> bytes:
+    """Encode one frame of detections (boxes as ``x1, y1, x2, y2`` pixels)."""
+    classes = np.asarray(class_ids)
+    score_arr = np.asarray(scores, dtype=np.float32)
+    box_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    count = len(score_arr)
+    if len(classes) != count or len(box_arr) != count:
+        raise SchemaError("class_ids, scores and boxes must have the same length")
+    if width <= 0 or height <= 0:
+        raise SchemaError("frame width and height must be positive")
+    class_dtype = "<u1" if count == 0 or int(classes.max()) < 256 else "<u2"
+    if count and (int(classes.min()) < 0 or int(classes.max()) > 65535):
+        raise SchemaError("class ids must be in 0..65535")
+    quant_scores = np.rint(np.clip(score_arr, 0.0, 1.0) * _SCORE_SCALE).astype("<u1")
+    scale = np.array([width, height, width, height], dtype=np.float32)
+    quant_boxes = np.rint(np.clip(box_arr / scale, 0.0, 1.0) * _BOX_SCALE).astype("<u2")
+    body = [
+        model_version,
+        width,
+        height,
+        classes.astype(class_dtype).tobytes(),
+        quant_scores.tobytes(),
+        quant_boxes.tobytes(),
+    ]
+    return encode(Kind.DETECTIONS, origin, epoch, seq, ts_ms, body)
+
+
+def detections_from(envelope: Envelope) -> DetectionFrame:
+    """Validate and unpack the body of a detections envelope."""
+    body = envelope.body
+    if envelope.kind is not Kind.DETECTIONS:
+        raise SchemaError(f"expected a detections message, got {envelope.kind.name}")
+    if not isinstance(body, list) or len(body) != 6:
+        raise SchemaError("detections body must be an array of 6 fields")
+    model_version, width, height, classes, scores, boxes = body
+    if not isinstance(model_version, str):
+        raise SchemaError("model_version must be a string")
+    if type(width) is not int or type(height) is not int or width <= 0 or height <= 0:
+        raise SchemaError("frame width and height must be positive integers")
+    if not all(isinstance(part, bytes) for part in (classes, scores, boxes)):
+        raise SchemaError("class ids, scores and boxes must be bin fields")
+    count = len(scores)
+    if count > MAX_DETECTIONS_PER_FRAME:
+        raise SchemaError(f"{count} detections exceed the limit of {MAX_DETECTIONS_PER_FRAME}")
+    if len(classes) not in (count, 2 * count) or len(boxes) != 8 * count:
+        raise SchemaError("class ids, scores and boxes disagree on the number of detections")
+    class_dtype = "<u1" if len(classes) == count else "<u2"
+    scale = np.array([width, height, width, height], dtype=np.float32) / _BOX_SCALE
+    return DetectionFrame(
+        model_version=model_version,
+        width=width,
+        height=height,
+        class_ids=np.frombuffer(classes, dtype=class_dtype).astype(np.uint16),
+        scores=np.frombuffer(scores, dtype="<u1").astype(np.float32) / _SCORE_SCALE,
+        boxes=np.frombuffer(boxes, dtype="<u2").reshape(-1, 4).astype(np.float32) * scale,
+    )
+
+
+# -- heartbeats and states ---------------------------------------------------------------------
+
+_Scalar = int | float | str | bool | None
+
+
+def encode_map(
+    kind: Kind, *, origin: str, epoch: int, seq: int, ts_ms: int, fields: Mapping[str, _Scalar]
+) -> bytes:
+    """Encode a heartbeat or state message: a flat map of named scalar fields."""
+    if kind not in (Kind.HEARTBEAT, Kind.STATE):
+        raise SchemaError(f"{kind.name} does not carry a field map")
+    return encode(kind, origin, epoch, seq, ts_ms, dict(fields))
+
+
+def map_from(envelope: Envelope) -> dict[str, _Scalar]:
+    """Validate and return the field map of a heartbeat or state envelope."""
+    body = envelope.body
+    if envelope.kind not in (Kind.HEARTBEAT, Kind.STATE):
+        raise SchemaError(f"{envelope.kind.name} does not carry a field map")
+    if not isinstance(body, dict):
+        raise SchemaError(f"{envelope.kind.name} body must be a map")
+    for name, value in body.items():
+        if not isinstance(value, int | float | str | bool | None):
+            raise SchemaError(f"field {name!r} must be a scalar")
+    return body
+
+
+# -- uplink batches ----------------------------------------------------------------------------
+
+
+def encode_batch(
+    *, origin: str, epoch: int, seq: int, ts_ms: int, site: str, records: Sequence[bytes]
+) -> bytes:
+    """Encode the records a gateway forwards in one upstream message (each record verbatim)."""
+    body = [site, int(BatchEncoding.PLAIN), list(records)]
+    return encode(Kind.BATCH, origin, epoch, seq, ts_ms, body)
+
+
+def batch_from(envelope: Envelope) -> Batch:
+    """Validate and unpack the body of a batch envelope."""
+    body = envelope.body
+    if envelope.kind is not Kind.BATCH:
+        raise SchemaError(f"expected a batch, got {envelope.kind.name}")
+    if not isinstance(body, list) or len(body) != 3:
+        raise SchemaError("batch body must be an array of 3 fields")
+    site, encoding, records = body
+    if not isinstance(site, str):
+        raise SchemaError("batch site must be a string")
+    if encoding != BatchEncoding.PLAIN:
+        raise UnknownVersionError(f"batch encoding {encoding!r} is not supported")
+    if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
+        raise SchemaError("batch records must be an array of bin fields")
+    return Batch(site, records)
+
+
+def validate_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Envelope:
+    """Decode a device record and validate its body; the check both gateway and cloud apply."""
+    envelope = decode(data, max_bytes=max_bytes)
+    if envelope.kind is Kind.DETECTIONS:
+        detections_from(envelope)
+    elif envelope.kind in (Kind.HEARTBEAT, Kind.STATE):
+        map_from(envelope)
+    elif envelope.kind is Kind.BATCH:
+        raise SchemaError("a batch cannot be nested inside a record")
+    return envelope
