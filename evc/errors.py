@@ -65,3 +65,9 @@ class BrokerError(EvcError):
 
 class MqttConnectionError(EvcError):
     """An MQTT connection could not be established or was lost."""
+
+
+class OriginMismatchError(WireError):
+    """A message names an origin other than the device whose topic it was published on."""
+
+    reason = "origin_mismatch"

@@ -1,0 +1,158 @@
+"""Record stores of the cloud: exactly-once storage keyed by the idempotency key.
+
+:class:`RecordStore` is the interface every backend implements (a PostgreSQL one will follow);
+:class:`SqliteRecordStore` is the first. Inserting the same key twice stores it once and counts
+the second as a duplicate, in the same transaction, so a redelivered batch is harmless.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from evc.errors import EvcError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    site TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    gateway TEXT NOT NULL,
+    detections INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (site, origin, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(EvcError):
+    """The record store could not complete an operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRecord:
+    """A validated record on its way into the store."""
+
+    site: str
+    origin: str
+    epoch: int
+    seq: int
+    kind: int
+    ts_ms: int
+    stored_ms: int
+    gateway: str
+    detections: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """What one insert did."""
+
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for `evc cloud stats`."""
+
+    records: int
+    detections: int
+    duplicates: int
+    by_device: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[int, int] = field(default_factory=dict)
+
+
+class RecordStore(Protocol):
+    """What the cloud ingest needs from a store."""
+
+    def insert(self, records: Sequence[IncomingRecord]) -> InsertResult:
+        """Store records not yet stored, in one transaction; count the others as duplicates."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Counts of what is stored."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
+
+
+class SqliteRecordStore:
+    """A :class:`RecordStore` in one SQLite file (WAL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open record store {self.path}: {exc}") from exc
+
+    def insert(self, records: Sequence[IncomingRecord]) -> InsertResult:
+        if not records:
+            return InsertResult(0, 0)
+        rows = [
+            (r.site, r.origin, r.epoch, r.seq, r.kind, r.ts_ms, r.stored_ms, r.gateway,
+             r.detections, r.payload)
+            for r in records
+        ]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                stored = self._db.total_changes - before
+                duplicates = len(rows) - stored
+                if duplicates:
+                    self._db.execute(
+                        "INSERT INTO counters VALUES ('duplicates', ?) ON CONFLICT (name)"
+                        " DO UPDATE SET value = value + excluded.value",
+                        (duplicates,),
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"insert of {len(rows)} records failed: {exc}") from exc
+        return InsertResult(stored, duplicates)
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            records, detections = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(detections), 0) FROM records"
+            ).fetchone()
+            row = self._db.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
+            by_device = {
+                f"{site}/{origin}": count
+                for site, origin, count in self._db.execute(
+                    "SELECT site, origin, COUNT(*) FROM records GROUP BY site, origin"
+                )
+            }
+            by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind"))
+        return StoreStats(records, detections, row[0] if row else 0, by_device, by_kind)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

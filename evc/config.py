@@ -1,0 +1,254 @@
+"""YAML configuration of every EVC role, validated by pydantic.
+
+Every model forbids unknown keys and describes every field; :func:`load_config` reports the first
+problems with their key path (``outbox.max_bytes: ...``) so a typo never goes unnoticed.
+Relative paths are taken relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+
+from evc.errors import ConfigError
+from evc.mqtt.client import BrokerAddress
+from evc.outbox import DropPolicy
+from evc.wire.topics import validate_name
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return validate_name(value, what=what)
+    except Exception as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class BrokerConfig(StrictModel):
+    """How to reach one MQTT broker."""
+
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        title="Broker URL",
+        description="mqtt://[user[:password]@]host[:port], or mqtts:// for TLS.",
+    )
+    ca_file: str | None = Field(
+        None, title="CA file", description="PEM file of the CA that signed the broker's cert."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _parse_url(cls, url: str) -> str:
+        BrokerAddress.from_url(url)
+        return url
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The parsed address."""
+        return BrokerAddress.from_url(self.url, ca_file=self.ca_file)
+
+
+class OutboxConfig(StrictModel):
+    """The SQLite store-and-forward queue."""
+
+    path: Path = Field(..., description="Database file; created with its folder if missing.")
+    max_bytes: ByteSize = Field(
+        ByteSize(1 << 30), description="Byte cap on stored records, e.g. 512MiB or 2GB."
+    )
+    drop_policy: DropPolicy = Field(
+        DropPolicy.EVICT_LOWEST_OLDEST,
+        description="When full: evict_lowest_oldest (lowest priority, oldest first) or "
+        "reject_new (keep what is stored, refuse new records). Every drop is counted.",
+    )
+    ttl_s: float | None = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Wall-clock time-to-live of a record in seconds; null keeps records forever.",
+    )
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="NORMAL survives a killed process; FULL also survives power loss "
+        "(one fsync per commit, 1-20 ms on SD cards).",
+    )
+
+
+class MetricsConfig(StrictModel):
+    """The Prometheus endpoint."""
+
+    port: int | None = Field(
+        None, ge=0, le=65535, description="Port of /metrics; null disables it, 0 picks a free one."
+    )
+    host: str = Field("127.0.0.1", description="Address the metrics endpoint listens on.")
+
+
+class GatewayIngestConfig(StrictModel):
+    """How the gateway takes device messages off the fog broker."""
+
+    max_batch: int = Field(
+        200, ge=1, le=65535,
+        description="Commit and ack after this many messages (also the MQTT Receive Maximum).",
+    )
+    max_delay_ms: float = Field(
+        5.0, gt=0, le=10_000, description="Commit and ack when the oldest message is this old."
+    )
+    max_payload_bytes: ByteSize = Field(
+        ByteSize(256 * 1024), description="Device messages larger than this are rejected."
+    )
+
+
+class ForwardConfig(StrictModel):
+    """How the gateway forwards its outbox to the cloud broker."""
+
+    batch_max_records: int = Field(500, ge=1, description="Records per uplink message, at most.")
+    batch_max_bytes: ByteSize = Field(
+        ByteSize(256 * 1024), description="Record bytes per uplink message, about."
+    )
+    max_inflight: int = Field(
+        16, ge=1, le=1000, description="Uplink messages published and not yet acknowledged."
+    )
+
+
+class GatewayConfig(StrictModel):
+    """A fog gateway: one per site, beside the site's Mosquitto."""
+
+    site: str = Field(..., description="Site id; devices publish under evc/{site}/dev/...")
+    gateway_id: str = Field(..., description="Gateway id, unique in the deployment.")
+    state_dir: Path = Field(Path("var/gateway"), description="Folder for the boot epoch file.")
+    fog: BrokerConfig = Field(default_factory=BrokerConfig, description="The site's broker.")
+    cloud: BrokerConfig = Field(default_factory=BrokerConfig, description="The cloud broker.")
+    outbox: OutboxConfig = Field(
+        default_factory=lambda: OutboxConfig(path=Path("var/gateway/outbox.db")),
+        description="Store-and-forward queue towards the cloud.",
+    )
+    ingest: GatewayIngestConfig = Field(default_factory=GatewayIngestConfig, description="Intake.")
+    forward: ForwardConfig = Field(default_factory=ForwardConfig, description="Uplink batching.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Logging level."
+    )
+
+    @field_validator("site", "gateway_id")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _name(value, "id")
+
+
+class CloudIngestConfig(StrictModel):
+    """How a cloud worker takes batches off the cloud broker."""
+
+    worker_id: str = Field("cloud-1", description="Worker id; its MQTT session is kept under it.")
+    share_group: str | None = Field(
+        "evc-cloud",
+        description="MQTT 5 shared-subscription group; workers in one group split the stream. "
+        "null subscribes every worker to everything.",
+    )
+    max_batch: int = Field(50, ge=1, le=65535, description="Commit after this many batches.")
+    max_delay_ms: float = Field(
+        10.0, gt=0, le=10_000, description="Commit when the oldest batch is this old."
+    )
+    max_payload_bytes: ByteSize = Field(
+        ByteSize(16 * 1024 * 1024), description="Uplink messages larger than this are rejected."
+    )
+
+    @field_validator("worker_id", "share_group")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else _name(value, "id")
+
+
+class StoreConfig(StrictModel):
+    """Where the cloud stores records."""
+
+    type: Literal["sqlite"] = Field("sqlite", description="Store backend.")
+    path: Path = Field(Path("var/cloud/records.db"), description="SQLite database file.")
+
+
+class CloudConfig(StrictModel):
+    """A cloud ingest worker."""
+
+    cloud: BrokerConfig = Field(default_factory=BrokerConfig, description="The cloud broker.")
+    ingest: CloudIngestConfig = Field(default_factory=CloudIngestConfig, description="Intake.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Record store.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Logging level."
+    )
+
+
+class SimulationConfig(StrictModel):
+    """Synthetic cameras for demos, tests and benchmarks."""
+
+    devices: int = Field(3, ge=1, le=10_000, description="Simulated cameras.")
+    fps: float = Field(10.0, gt=0, le=10_000, description="Frames per second per camera.")
+    detections_per_frame: int = Field(10, ge=0, le=1000, description="Detections per frame.")
+    duration_s: float | None = Field(
+        None, gt=0, description="Stop after this many seconds; null runs until interrupted."
+    )
+    seed: int = Field(0, description="Seed of the synthetic detections.")
+
+
+class DeviceConfig(StrictModel):
+    """A device node (or a set of simulated ones)."""
+
+    site: str = Field(..., description="Site id of the fog broker this device talks to.")
+    device_id: str = Field(
+        ..., description="Device id, unique in the site; simulated cameras append -N."
+    )
+    fog: BrokerConfig = Field(default_factory=BrokerConfig, description="The site's broker.")
+    state_dir: Path = Field(
+        Path("var/device"), description="Folder for the boot epoch and the offline buffer."
+    )
+    buffer_max_bytes: ByteSize = Field(
+        ByteSize(64 * 1024 * 1024),
+        description="Cap of the local buffer used while the fog broker is unreachable.",
+    )
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="Seconds between heartbeats.")
+    model_version: str = Field("synthetic-0", description="Model version put in every frame.")
+    simulate: SimulationConfig = Field(
+        default_factory=SimulationConfig, description="Used by `evc device simulate`."
+    )
+
+    @field_validator("site", "device_id")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _name(value, "id")
+
+
+def load_config(path: str | Path, model: type[Model]) -> Model:
+    """Read a YAML file into ``model``.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or does not validate; the message
+            names each bad key by its dotted path.
+    """
+    source = Path(path)
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {source}: {exc}", path=str(source)) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}", path=str(source)) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping", path=str(source))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(source, exc), path=str(source)) from exc
+
+
+def _describe(source: Path, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s)"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""The device side of EVC: publish detections and heartbeats to the site's fog broker.
+
+Every record first goes into a small local SQLite buffer (an :class:`~evc.outbox.Outbox`), then
+a forwarder publishes it at QoS 1 and deletes it on PUBACK. While the fog broker is unreachable
+records wait in the buffer, and they drain in order when it is back: a camera loop never blocks
+on the network and never loses what it published, within the buffer's byte cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+import paho.mqtt.client as mqtt
+
+from evc.identity import SequenceCounter, next_boot_epoch
+from evc.mqtt import BrokerAddress, OneToOnePacker, OutboxForwarder, Will
+from evc.outbox import NewRecord, Outbox, Priority, now_ms
+from evc.wire import Channel, DeviceTopic, IdempotencyKey, Kind, encode_detections, encode_map
+
+log = logging.getLogger(__name__)
+
+HeartbeatFields = Mapping[str, int | float | str | bool | None]
+
+
+class Device:
+    """A device node's link to its fog broker, for plain synchronous code.
+
+    Args:
+        device_id: unique within the site; the origin of every record.
+        site: the site whose fog broker this device talks to.
+        broker: the fog broker, as a URL or address.
+        state_dir: where the boot epoch and the offline buffer live.
+        buffer_max_bytes: cap on the offline buffer; past it the oldest records are dropped
+            (lowest priority first) and counted.
+        heartbeat_interval_s: seconds between heartbeats; 0 disables them.
+        model_version: the model version stamped on frames that do not name one.
+        heartbeat_fields: called for extra heartbeat fields (latency, fps, ...).
+
+    Example::
+
+        with Device(device_id="cam-01", site="depot-3", broker="mqtt://fog:1883") as device:
+            for frame in camera:
+                device.publish_detections(class_ids=c, scores=s, boxes=b, width=640, height=480)
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        site: str,
+        broker: str | BrokerAddress = "mqtt://127.0.0.1:1883",
+        state_dir: str | Path = "var/device",
+        buffer_max_bytes: int = 64 * 1024 * 1024,
+        heartbeat_interval_s: float = 10.0,
+        model_version: str = "unknown",
+        heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.site = site
+        self.model_version = model_version
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.address = broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
+        self.epoch = next_boot_epoch(state_dir, device_id)
+        self.published = 0
+        self._started_at = time.monotonic()
+        self._seq = SequenceCounter()
+        self._heartbeat_fields = heartbeat_fields
+        self._topics = {ch: str(DeviceTopic(site, device_id, ch)) for ch in Channel}
+        self._stop = threading.Event()
+        self.buffer = Outbox(
+            Path(state_dir) / f"{device_id}.buffer.db", max_bytes=buffer_max_bytes
+        )
+        self.forwarder = OutboxForwarder(
+            outbox=self.buffer,
+            client_id=f"evc-dev-{site}-{device_id}",
+            address=self.address,
+            packer=OneToOnePacker(),
+            max_inflight=100,
+            peek_records=100,
+            will=self._will(),
+            on_connect=self._publish_birth,
+        )
+        self.forwarder.client.on_disconnect = self._chain_disconnect(
+            self.forwarder.client.on_disconnect
+        )
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Device:
+        """Connect in the background; publishing works at once (into the buffer)."""
+        self.forwarder.start()
+        if self.heartbeat_interval_s > 0:
+            self._heartbeat.start()
+        return self
+
+    def close(self, *, drain_timeout_s: float = 5.0) -> None:
+        """Flush the buffer (up to ``drain_timeout_s``), publish death, disconnect."""
+        self._stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=2)
+        self.forwarder.stop(drain_timeout_s=drain_timeout_s, disconnect=False)
+        if self.forwarder.connected.is_set():
+            info = self.forwarder.client.publish(
+                self._topics[Channel.STATE], self._state("offline"), qos=1, retain=True
+            )
+            info.wait_for_publish(timeout=2)
+        self.forwarder.client.disconnect()
+        self.buffer.close()
+
+    def __enter__(self) -> Device:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to the fog broker."""
+        return self.forwarder.connected.is_set()
+
+    @property
+    def buffered(self) -> int:
+        """Records not yet acknowledged by the fog broker."""
+        return len(self.buffer)
+
+    def wait_until_sent(self, timeout_s: float = 10.0) -> bool:
+        """Block until every buffered record is acknowledged; return False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.buffered:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish_detections(
+        self,
+        *,
+        class_ids: npt.ArrayLike,
+        scores: npt.ArrayLike,
+        boxes: npt.ArrayLike,
+        width: int,
+        height: int,
+        model_version: str | None = None,
+        ts_ms: int | None = None,
+    ) -> IdempotencyKey:
+        """Publish one frame's detections (boxes as x1, y1, x2, y2 pixels); return its key."""
+        seq = self._seq.next()
+        payload = encode_detections(
+            origin=self.device_id, epoch=self.epoch, seq=seq,
+            ts_ms=now_ms() if ts_ms is None else ts_ms,
+            model_version=model_version or self.model_version, width=width, height=height,
+            class_ids=class_ids, scores=scores, boxes=boxes,
+        )
+        self._enqueue(Channel.DETECTIONS, payload, Priority.DETECTION)
+        return IdempotencyKey(self.device_id, self.epoch, seq)
+
+    def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
+        """Publish a heartbeat now, with the standard fields and any ``fields`` given."""
+        seq = self._seq.next()
+        body: dict[str, Any] = {
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "published": self.published,
+            "buffered": self.buffered,
+            "model": self.model_version,
+        }
+        if self._heartbeat_fields:
+            body.update(self._heartbeat_fields())
+        body.update(fields or {})
+        payload = encode_map(
+            Kind.HEARTBEAT, origin=self.device_id, epoch=self.epoch, seq=seq, ts_ms=now_ms(),
+            fields=body,
+        )
+        self._enqueue(Channel.HEARTBEAT, payload, Priority.SUMMARY)
+        return IdempotencyKey(self.device_id, self.epoch, seq)
+
+    def _enqueue(self, channel: Channel, payload: bytes, priority: Priority) -> None:
+        self.buffer.put([NewRecord(self._topics[channel], payload, priority)])
+        self.published += 1
+        self.forwarder.wake()
+
+    # -- birth, death, heartbeat ---------------------------------------------------------------
+
+    def _state(self, state: str) -> bytes:
+        return encode_map(
+            Kind.STATE, origin=self.device_id, epoch=self.epoch, seq=self._seq.next(),
+            ts_ms=now_ms(), fields={"state": state, "model": self.model_version},
+        )
+
+    def _will(self) -> Will:
+        return Will(self._topics[Channel.STATE], self._state("offline"))
+
+    def _publish_birth(self, client: mqtt.Client) -> None:
+        client.publish(self._topics[Channel.STATE], self._state("online"), qos=1, retain=True)
+
+    def _chain_disconnect(self, inner: Callable[..., None]) -> Callable[..., None]:
+        # Each death must carry a fresh sequence number, or the cloud would drop the second
+        # death of a boot as a duplicate of the first; paho reads the will on every reconnect.
+        def on_disconnect(client: mqtt.Client, *args: Any) -> None:
+            inner(client, *args)
+            will = self._will()
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+
+        return on_disconnect
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval_s):
+            try:
+                self.publish_heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+class AsyncDevice:
+    """The same device for asyncio code: ``async with AsyncDevice(...) as device: ...``.
+
+    Publishing only commits to the local buffer (tens of microseconds), so it is done inline;
+    start-up and shutdown, which wait on the network, run in a worker thread.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self._device: Device | None = None
+
+    @property
+    def device(self) -> Device:
+        """The synchronous device underneath."""
+        if self._device is None:
+            raise RuntimeError("AsyncDevice is not started; use `async with`")
+        return self._device
+
+    async def __aenter__(self) -> AsyncDevice:
+        self._device = await asyncio.to_thread(lambda: Device(**self._settings).start())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await asyncio.to_thread(self.device.close)
+
+    async def publish_detections(self, **frame: Any) -> IdempotencyKey:
+        """See :meth:`Device.publish_detections`."""
+        return self.device.publish_detections(**frame)
+
+    async def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
+        """See :meth:`Device.publish_heartbeat`."""
+        return self.device.publish_heartbeat(fields)
+
+    async def wait_until_sent(self, timeout_s: float = 10.0) -> bool:
+        """See :meth:`Device.wait_until_sent`."""
+        return await asyncio.to_thread(self.device.wait_until_sent, timeout_s)

@@ -1,0 +1,161 @@
+"""The fog gateway daemon: fog broker -> validate -> outbox -> cloud broker.
+
+Two connections, two threads of work:
+
+* intake: a commit-then-ack consumer on the fog broker (persistent session, manual acks)
+  admits each device message and commits the batch to the outbox before acking it;
+* uplink: an outbox forwarder to the cloud broker that packs many records per message and
+  deletes rows only on PUBACK.
+
+The gateway publishes a retained birth on the cloud broker when it connects, and its Last Will
+publishes the matching death when it vanishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import paho.mqtt.client as mqtt
+
+from evc.config import GatewayConfig
+from evc.errors import WireError
+from evc.gateway.intake import admit
+from evc.identity import next_boot_epoch
+from evc.metrics import GatewayMetrics, MetricsServer, serve
+from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
+from evc.mqtt.forwarder import Outgoing
+from evc.outbox import NewRecord, Outbox, now_ms
+from evc.wire import Channel, GatewayTopic, Kind, device_filter, encode_map
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """A running fog gateway. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or GatewayMetrics()
+        self.epoch = next_boot_epoch(config.state_dir, config.gateway_id)
+        self.metrics_server: MetricsServer | None = None
+        self._state_topic = str(GatewayTopic(config.site, config.gateway_id, Channel.STATE))
+        self.outbox = Outbox(
+            config.outbox.path,
+            max_bytes=int(config.outbox.max_bytes),
+            policy=config.outbox.drop_policy,
+            default_ttl_s=config.outbox.ttl_s,
+            synchronous=config.outbox.synchronous,
+            on_drop=self.metrics.outbox.on_drop,
+        )
+        self.metrics.outbox.watch(self.outbox)
+        self.intake = CommitThenAckConsumer(
+            client_id=f"evc-gw-{config.site}-{config.gateway_id}",
+            address=config.fog.address,
+            subscriptions=[device_filter(config.site)],
+            commit=self._commit,
+            max_batch=config.ingest.max_batch,
+            max_delay_s=config.ingest.max_delay_ms / 1000,
+        )
+        self.uplink = OutboxForwarder(
+            outbox=self.outbox,
+            client_id=f"evc-gw-{config.site}-{config.gateway_id}-up",
+            address=config.cloud.address,
+            packer=BatchPacker(
+                topic=str(GatewayTopic(config.site, config.gateway_id, Channel.BATCH)),
+                site=config.site,
+                origin=config.gateway_id,
+                epoch=self.epoch,
+            ),
+            max_inflight=config.forward.max_inflight,
+            peek_records=config.forward.batch_max_records,
+            peek_bytes=int(config.forward.batch_max_bytes),
+            will=Will(self._state_topic, self._state_payload("offline")),
+            on_connect=self._publish_birth,
+            on_acked=self._count_acked,
+        )
+        self.metrics.fog_connected.set_function(lambda: float(self.intake.connected.is_set()))
+        self.metrics.cloud_connected.set_function(lambda: float(self.uplink.connected.is_set()))
+
+    def start(self) -> None:
+        """Open the metrics endpoint and both connections."""
+        if self.config.metrics.port is not None:
+            self.metrics_server = serve(
+                self.metrics.registry, host=self.config.metrics.host, port=self.config.metrics.port
+            )
+        self.uplink.start()
+        self.intake.start()
+        log.info(
+            "gateway %s/%s up (epoch %d): fog %s -> cloud %s, backlog %d records",
+            self.config.site, self.config.gateway_id, self.epoch,
+            self.config.fog.address, self.config.cloud.address, len(self.outbox),
+        )
+
+    def stop(self, *, drain_timeout_s: float = 0.0) -> None:
+        """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
+        self.intake.stop()
+        self.uplink.wake()
+        if self.uplink.connected.is_set():
+            info = self.uplink.client.publish(
+                self._state_topic, self._state_payload("offline"), qos=1, retain=True
+            )
+            info.wait_for_publish(timeout=2)
+        self.uplink.stop(drain_timeout_s=drain_timeout_s)
+        self.outbox.close()
+        if self.metrics_server:
+            self.metrics_server.close()
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set (by a signal handler, for example)."""
+        self.start()
+        try:
+            stop.wait()
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Gateway:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def _commit(self, messages: Sequence[mqtt.MQTTMessage]) -> None:
+        records: list[NewRecord] = []
+        max_bytes = int(self.config.ingest.max_payload_bytes)
+        for message in messages:
+            try:
+                record = admit(message.topic, message.payload, site=self.config.site,
+                               max_bytes=max_bytes)
+            except WireError as exc:
+                self.metrics.rejected.labels(exc.reason).inc()
+                log.debug("rejected a message on %s: %s", message.topic, exc)
+                continue
+            records.append(record)
+            self.metrics.received.labels(record.topic.rsplit("/", 1)[-1]).inc()
+        started = time.perf_counter()
+        self.outbox.put(records)
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.metrics.committed.inc(len(records))
+        self.uplink.wake()
+
+    # -- uplink --------------------------------------------------------------------------------
+
+    def _state_payload(self, state: str) -> bytes:
+        return encode_map(
+            Kind.STATE, origin=self.config.gateway_id, epoch=self.epoch, seq=0, ts_ms=now_ms(),
+            fields={"state": state, "site": self.config.site},
+        )
+
+    def _publish_birth(self, client: mqtt.Client) -> None:
+        client.publish(self._state_topic, self._state_payload("online"), qos=1, retain=True)
+
+    def _count_acked(self, message: Outgoing, seconds: float) -> None:
+        self.metrics.forwarded.inc(message.records)
+        self.metrics.uplink_messages.inc()
+        self.metrics.uplink_bytes.inc(len(message.payload))
+        self.metrics.uplink_ack.observe(seconds)

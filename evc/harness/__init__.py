@@ -1,0 +1,37 @@
+"""Real Mosquitto brokers for tests and demos, and the pytest plugin that provides them.
+
+The pytest fixtures live in :mod:`evc.harness.pytest_plugin`, which pytest loads through the
+``evc`` entry point; it is not imported here so that the harness works without pytest.
+"""
+
+from evc.harness.broker import (
+    INSTALL_HINT,
+    LOOPBACK,
+    Broker,
+    MosquittoBroker,
+    Tier,
+    create_broker,
+    find_mosquitto,
+    free_port,
+    mqtt_handshake,
+    port_is_free,
+    render_config,
+    start_broker,
+    templates_dir,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "LOOPBACK",
+    "Broker",
+    "MosquittoBroker",
+    "Tier",
+    "create_broker",
+    "find_mosquitto",
+    "free_port",
+    "mqtt_handshake",
+    "port_is_free",
+    "render_config",
+    "start_broker",
+    "templates_dir",
+]

@@ -1,0 +1,154 @@
+"""Prometheus metrics: one registry per daemon, every name with its unit.
+
+Each daemon builds its metrics object once and passes it to the parts that count. A registry per
+instance (not the global one) lets tests and benchmarks run several daemons in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from evc.outbox import DropReason, Outbox, Priority, now_ms
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics endpoint."""
+
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve(registry: CollectorRegistry, *, host: str, port: int) -> MetricsServer:
+    """Expose ``registry`` on http://host:port/metrics (port 0 picks a free port)."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(server, thread)
+
+
+class OutboxMetrics:
+    """Backlog size, age and drops of one outbox, read at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.dropped = Counter(
+            f"{prefix}_outbox_dropped_total",
+            "Records dropped from the outbox, by reason and priority class.",
+            ["reason", "priority"],
+            registry=registry,
+        )
+        self.backlog_records = Gauge(
+            f"{prefix}_outbox_backlog_records", "Records waiting in the outbox.", registry=registry
+        )
+        self.backlog_bytes = Gauge(
+            f"{prefix}_outbox_backlog_bytes", "Bytes waiting in the outbox.", registry=registry
+        )
+        self.backlog_age = Gauge(
+            f"{prefix}_outbox_backlog_age_seconds",
+            "Age of the oldest record waiting in the outbox.",
+            registry=registry,
+        )
+
+    def on_drop(self, reason: DropReason, priority: Priority, count: int) -> None:
+        """Outbox drop listener."""
+        self.dropped.labels(reason.value, priority.name.lower()).inc(count)
+
+    def watch(self, outbox: Outbox) -> None:
+        """Read the backlog gauges from ``outbox`` whenever metrics are scraped."""
+        self.backlog_records.set_function(lambda: len(outbox))
+        self.backlog_bytes.set_function(lambda: outbox.bytes)
+        self.backlog_age.set_function(_age_of_oldest(outbox))
+
+
+def _age_of_oldest(outbox: Outbox) -> Callable[[], float]:
+    def age() -> float:
+        oldest = outbox.stats().oldest_created_ms
+        return 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
+
+    return age
+
+
+class GatewayMetrics:
+    """Everything a fog gateway counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "evc_gateway_received_total", "Device messages taken off the fog broker.",
+            ["channel"], registry=r,
+        )
+        self.rejected = Counter(
+            "evc_gateway_rejected_total", "Device messages rejected, by reason.",
+            ["reason"], registry=r,
+        )
+        self.committed = Counter(
+            "evc_gateway_committed_total", "Device records committed to the outbox.", registry=r
+        )
+        self.forwarded = Counter(
+            "evc_gateway_forwarded_records_total",
+            "Records acknowledged by the cloud broker.", registry=r,
+        )
+        self.uplink_messages = Counter(
+            "evc_gateway_uplink_messages_total", "Batches acknowledged by the cloud broker.",
+            registry=r,
+        )
+        self.uplink_bytes = Counter(
+            "evc_gateway_uplink_bytes_total", "Payload bytes acknowledged by the cloud broker.",
+            registry=r,
+        )
+        self.uplink_ack = Histogram(
+            "evc_gateway_uplink_ack_seconds", "Publish-to-PUBACK time of uplink batches.",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "evc_gateway_commit_seconds", "Time to commit one intake batch to the outbox.",
+            registry=r,
+        )
+        self.cloud_connected = Gauge(
+            "evc_gateway_cloud_connected", "1 while connected to the cloud broker.", registry=r
+        )
+        self.fog_connected = Gauge(
+            "evc_gateway_fog_connected", "1 while connected to the fog broker.", registry=r
+        )
+        self.outbox = OutboxMetrics(r, "evc_gateway")
+
+
+class CloudMetrics:
+    """Everything a cloud ingest worker counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.batches = Counter(
+            "evc_cloud_batches_total", "Uplink batches taken off the cloud broker.", registry=r
+        )
+        self.stored = Counter(
+            "evc_cloud_records_stored_total", "Records newly stored.", registry=r
+        )
+        self.duplicates = Counter(
+            "evc_cloud_duplicates_total", "Records already stored, dropped by idempotency key.",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "evc_cloud_rejected_total", "Batches or records rejected, by reason.", ["reason"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "evc_cloud_commit_seconds", "Time to commit one intake batch to the store.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "evc_cloud_connected", "1 while connected to the cloud broker.", registry=r
+        )

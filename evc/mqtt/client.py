@@ -1,0 +1,140 @@
+"""Creating and connecting paho-mqtt clients the way every EVC process needs them.
+
+paho-mqtt (not aiomqtt) carries the hot paths: it is 2-4x faster here and it is the only
+client with manual acknowledgements, which the commit-then-ack guarantee rests on.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from evc.errors import ConfigError
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where a broker is and how to authenticate to it."""
+
+    host: str
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, ca_file: str | None = None) -> BrokerAddress:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ConfigError(f"broker URL must look like mqtt://host:port, got {url!r}")
+        try:
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+        except ValueError as exc:
+            raise ConfigError(f"bad port in broker URL {url!r}") from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=parts.scheme == "mqtts",
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            ca_file=ca_file,
+        )
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """A Last Will: published by the broker when the client vanishes without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def new_client(
+    *,
+    client_id: str,
+    manual_ack: bool = False,
+    will: Will | None = None,
+    address: BrokerAddress | None = None,
+    max_inflight: int = 100,
+) -> mqtt.Client:
+    """Build an MQTT 5 paho client with TCP_NODELAY, reconnect backoff and an unbounded queue.
+
+    The queue of publishes is bounded by our own in-flight window instead (see
+    :class:`evc.mqtt.forwarder.OutboxForwarder`): paho hangs past 65,535 outstanding QoS 1
+    messages, and its own queue is not durable anyway.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.on_socket_open = _set_nodelay
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    client.max_inflight_messages_set(max_inflight)
+    if will:
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    if address:
+        _apply_credentials(client, address)
+    return client
+
+
+def connect_async(
+    client: mqtt.Client,
+    address: BrokerAddress,
+    *,
+    persistent: bool = False,
+    session_expiry_s: int = 7 * 24 * 3600,
+    receive_maximum: int | None = None,
+    keepalive_s: int = 30,
+) -> None:
+    """Start connecting in the background; paho's loop reconnects with backoff on its own.
+
+    Args:
+        persistent: keep the session (subscriptions and un-acked messages) across disconnects
+            and restarts of this process. Needed by every consumer that acks after commit.
+        receive_maximum: how many un-acked QoS 1 messages the broker may send us at once.
+    """
+    props = Properties(PacketTypes.CONNECT)
+    if persistent:
+        props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
+    client.connect_async(
+        address.host,
+        address.port,
+        keepalive=keepalive_s,
+        clean_start=not persistent,
+        properties=props,
+    )
+
+
+def _apply_credentials(client: mqtt.Client, address: BrokerAddress) -> None:
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        context = ssl.create_default_context(cafile=address.ca_file)
+        client.tls_set_context(context)
+
+
+def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    # Nagle's algorithm adds ~5 ms to every small message (measured); we send small messages.
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,274 @@
+"""Draining an outbox into an MQTT broker: the second half of the per-hop guarantee.
+
+Rows are published at QoS 1 and deleted only when the broker's PUBACK for them arrives. A
+bounded window of messages is in flight; on disconnect the window is forgotten and everything
+not acknowledged is sent again, in order, after reconnect (the next hop deduplicates).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from evc.mqtt.client import BrokerAddress, Will, connect_async, new_client
+from evc.outbox import Outbox, Priority, StoredRecord, now_ms
+from evc.wire import codec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One MQTT message to publish and the outbox rows it carries."""
+
+    topic: str
+    payload: bytes
+    row_ids: list[int]
+    records: int
+
+
+class Packer(Protocol):
+    """Turns outbox rows into MQTT messages."""
+
+    def pack(self, rows: Sequence[StoredRecord]) -> list[Outgoing]:
+        """Return the messages that carry ``rows``, in order."""
+        ...
+
+
+class OneToOnePacker:
+    """Each row is one message on its own topic (a device talking to its fog broker)."""
+
+    def pack(self, rows: Sequence[StoredRecord]) -> list[Outgoing]:
+        return [Outgoing(row.topic, row.payload, [row.id], 1) for row in rows]
+
+
+class BatchPacker:
+    """All rows go in one batch envelope on the gateway's uplink topic.
+
+    Args:
+        topic: the gateway's batch topic.
+        site: the site the records come from.
+        origin: the gateway id.
+        epoch: the gateway's boot epoch; with ``seq`` it keys each batch.
+    """
+
+    def __init__(self, *, topic: str, site: str, origin: str, epoch: int) -> None:
+        self.topic = topic
+        self.site = site
+        self.origin = origin
+        self.epoch = epoch
+        self._seq = 0
+
+    def pack(self, rows: Sequence[StoredRecord]) -> list[Outgoing]:
+        self._seq += 1
+        payload = codec.encode_batch(
+            origin=self.origin,
+            epoch=self.epoch,
+            seq=self._seq,
+            ts_ms=now_ms(),
+            site=self.site,
+            records=[row.payload for row in rows],
+        )
+        return [Outgoing(self.topic, payload, [row.id for row in rows], len(rows))]
+
+
+@dataclass(slots=True)
+class ForwarderCounters:
+    """What a forwarder has done since it started (read by metrics)."""
+
+    messages_sent: int = 0
+    records_acked: int = 0
+    bytes_sent: int = 0
+    resends: int = 0
+
+
+class OutboxForwarder:
+    """Publish outbox rows at QoS 1; delete them on PUBACK.
+
+    Args:
+        outbox: the rows to forward.
+        client_id: MQTT client id of the uplink connection.
+        address: the next hop's broker.
+        packer: how rows become messages.
+        max_inflight: messages published and not yet acknowledged, at most.
+        peek_records: rows read per message, at most.
+        peek_bytes: payload bytes read per message, about.
+        will: Last Will of the uplink connection.
+        on_connect: called after every (re)connect, for birth messages.
+        expire_interval_s: how often TTLs are enforced.
+    """
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        client_id: str,
+        address: BrokerAddress,
+        packer: Packer,
+        max_inflight: int = 16,
+        peek_records: int = 500,
+        peek_bytes: int = 256 * 1024,
+        will: Will | None = None,
+        on_connect: Callable[[mqtt.Client], None] | None = None,
+        on_acked: Callable[[Outgoing, float], None] | None = None,
+        expire_interval_s: float = 5.0,
+    ) -> None:
+        self.outbox = outbox
+        self.address = address
+        self.packer = packer
+        self.max_inflight = max_inflight
+        self.peek_records = peek_records
+        self.peek_bytes = peek_bytes
+        self.expire_interval_s = expire_interval_s
+        self.counters = ForwarderCounters()
+        self.connected = threading.Event()
+        self._on_connect_hook = on_connect
+        self._on_acked = on_acked
+        self._inflight: dict[int, tuple[Outgoing, float]] = {}
+        self._cursors: dict[Priority, int] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._client = new_client(
+            client_id=client_id, will=will, address=address, max_inflight=max_inflight
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+
+    @property
+    def client(self) -> mqtt.Client:
+        """The underlying paho client (for births and other direct publishes)."""
+        return self._client
+
+    def start(self) -> None:
+        """Connect in the background and start draining."""
+        connect_async(self._client, self.address)
+        self._client.loop_start()
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Tell the forwarder that new rows were committed."""
+        self._wake.set()
+
+    def inflight(self) -> int:
+        """Messages published and not yet acknowledged."""
+        with self._lock:
+            return len(self._inflight)
+
+    def stop(self, *, drain_timeout_s: float = 0.0, disconnect: bool = True) -> None:
+        """Stop forwarding, optionally after waiting for the outbox to drain."""
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline and (len(self.outbox) or self.inflight()):
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        if disconnect:
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- draining ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_expiry = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_expiry:
+                self.outbox.expire()
+                next_expiry = time.monotonic() + self.expire_interval_s
+            if not self.connected.is_set() or self.inflight() >= self.max_inflight:
+                self._wait(0.2)
+                continue
+            try:
+                sent = self._send_next()
+            except Exception:
+                log.exception("forwarding failed; retrying")
+                sent = False
+            if not sent:
+                self._wait(0.5)
+
+    def _wait(self, timeout: float) -> None:
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def _send_next(self) -> bool:
+        with self._lock:
+            generation = self._generation
+            cursors = dict(self._cursors)
+        rows = self.outbox.peek(
+            after=cursors, max_records=self.peek_records, max_bytes=self.peek_bytes
+        )
+        if not rows:
+            return False
+        for message in self.packer.pack(rows):
+            with self._lock:
+                if generation != self._generation:
+                    return True  # disconnected meanwhile: start over from the cursors' reset
+                info = self._client.publish(message.topic, message.payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    return False
+                self._inflight[info.mid] = (message, time.monotonic())
+                self.counters.messages_sent += 1
+                self.counters.bytes_sent += len(message.payload)
+        with self._lock:
+            if generation == self._generation:
+                for row in rows:
+                    self._cursors[row.priority] = max(self._cursors.get(row.priority, 0), row.id)
+        return True
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("connect to %s refused: %s", self.address, reason)
+            return
+        self.connected.set()
+        self._wake.set()
+        if self._on_connect_hook:
+            self._on_connect_hook(client)
+        log.info("connected to %s", self.address)
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self.connected.clear()
+        self._forget_inflight()
+        if not self._stop.is_set():
+            log.warning("disconnected from %s: %s; reconnecting", self.address, reason)
+
+    def _forget_inflight(self) -> None:
+        # Un-acknowledged rows stay in the outbox; resetting the cursors sends them again.
+        with self._lock:
+            self.counters.resends += len(self._inflight)
+            self._inflight.clear()
+            self._cursors.clear()
+            self._generation += 1
+
+    def _on_publish(
+        self, _client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any
+    ) -> None:
+        with self._lock:
+            entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return  # a late ack from before a reconnect; its rows are being resent
+        message, sent_at = entry
+        if reason.is_failure:
+            log.warning("broker refused a message on %s: %s", message.topic, reason)
+            self._forget_inflight()
+            return
+        self.outbox.ack(message.row_ids)
+        self.counters.records_acked += message.records
+        if self._on_acked:
+            self._on_acked(message, time.monotonic() - sent_at)
+        self._wake.set()
