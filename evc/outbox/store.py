@@ -136,6 +136,8 @@ class Outbox:
         try:
             return self._connect(synchronous)
         except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
             self.moved_aside = _move_aside(self.path)
             log.error(
                 "outbox %s is unreadable (%s); moved it aside to %s and started empty",
@@ -154,7 +156,7 @@ class Outbox:
             db.execute("PRAGMA busy_timeout=10000")
             (check,) = db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise _CorruptDatabaseError(f"quick_check: {check}")
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
             db.close()
@@ -183,6 +185,24 @@ class Outbox:
         """
         if not records:
             return 0
+        with self._lock, self._transaction():
+            rows, refused = self._admit(records)
+            self._db.executemany(
+                "INSERT INTO records (priority, created_ms, expires_ms, size, topic, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._bytes += sum(row[3] for row in rows)
+            evicted = self._evict_over_cap()
+            for reason, priority in refused:
+                self._count_drop(reason, priority, 1)
+        self._notify([(r, p, 1) for r, p in refused] + evicted)
+        return len(rows)
+
+    def _admit(
+        self, records: Sequence[NewRecord]
+    ) -> tuple[list[tuple[int, int, int, int, str, bytes]], list[tuple[DropReason, Priority]]]:
+        """Rows to insert and records refused on arrival (under the lock: reads ``_bytes``)."""
         now = now_ms()
         rows: list[tuple[int, int, int, int, str, bytes]] = []
         refused: list[tuple[DropReason, Priority]] = []
@@ -202,18 +222,7 @@ class Outbox:
             expires = now + int(ttl * 1000) if ttl is not None else _NEVER_MS
             rows.append((record.priority, now, expires, size, record.topic, record.payload))
             incoming += size
-        with self._lock, self._transaction():
-            self._db.executemany(
-                "INSERT INTO records (priority, created_ms, expires_ms, size, topic, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            self._bytes += incoming
-            evicted = self._evict_over_cap()
-            for reason, priority in refused:
-                self._count_drop(reason, priority, 1)
-        self._notify([(r, p, 1) for r, p in refused] + evicted)
-        return len(rows)
+        return rows, refused
 
     def _evict_over_cap(self) -> list[tuple[DropReason, Priority, int]]:
         """Delete lowest-priority, oldest rows until under the cap (inside a transaction)."""
@@ -386,9 +395,22 @@ class _Transaction:
                 raise OutboxError(f"outbox operation failed: {exc}") from exc
 
 
+class _CorruptDatabaseError(sqlite3.DatabaseError):
+    """The database opened but failed its integrity check."""
+
+
+# SQLITE_CORRUPT and SQLITE_NOTADB; a locked or unreadable file is not corrupt and is never moved.
+_CORRUPTION_CODES = (11, 26)
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _CorruptDatabaseError) or code in _CORRUPTION_CODES
+
+
 def _move_aside(path: Path) -> Path:
     """Rename an unreadable database (and its WAL files) so nothing is deleted."""
-    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    target = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
         if source.exists():

@@ -144,6 +144,8 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Envelo
     if len(doc) != 7:
         raise SchemaError(f"envelope has {len(doc)} fields, expected 7")
     _, kind, origin, epoch, seq, ts_ms, body = doc
+    if type(kind) is not int:
+        raise SchemaError("message kind must be an integer")
     try:
         kind = Kind(kind)
     except ValueError as exc:
@@ -251,6 +253,8 @@ def map_from(envelope: Envelope) -> dict[str, _Scalar]:
     if not isinstance(body, dict):
         raise SchemaError(f"{envelope.kind.name} body must be a map")
     for name, value in body.items():
+        if not isinstance(name, str):
+            raise SchemaError(f"field name {name!r} must be a string")
         if not isinstance(value, int | float | str | bool | None):
             raise SchemaError(f"field {name!r} must be a scalar")
     return body

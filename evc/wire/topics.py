@@ -14,7 +14,7 @@ from enum import StrEnum
 from evc.errors import TopicError
 
 ROOT = "evc"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Channel(StrEnum):
@@ -31,7 +31,7 @@ class Channel(StrEnum):
 
 def validate_name(name: str, *, what: str = "name") -> str:
     """Return ``name`` if it may be used as a site, device or gateway id, else raise."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise TopicError(
             f"invalid {what} {name!r}: use 1-64 characters from [A-Za-z0-9_.-], "
             "starting with a letter or digit"
@@ -96,7 +96,7 @@ class GatewayTopic:
 
 def device_filter(site: str | None = None, channel: Channel | None = None) -> str:
     """Subscription filter for device messages of one site (or all) and one channel (or all)."""
-    site_part = validate_name(site, what="site") if site else "+"
+    site_part = "+" if site is None else validate_name(site, what="site")
     channel_part = channel.value if channel else "+"
     return f"{ROOT}/{site_part}/dev/+/{channel_part}"
 
@@ -107,6 +107,6 @@ def gateway_filter(channel: Channel, *, share_group: str | None = None) -> str:
     A share group lets several cloud workers split the stream (MQTT 5 ``$share``).
     """
     topic = f"{ROOT}/+/gw/+/{channel.value}"
-    if share_group:
+    if share_group is not None:
         return f"$share/{validate_name(share_group, what='share group')}/{topic}"
     return topic

@@ -1,0 +1,1 @@
+"""The ``evc`` command line."""

@@ -1,0 +1,244 @@
+"""The ``evc`` command line: thin wiring over the library.
+
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from evc import __version__
+from evc.config import CloudConfig, DeviceConfig, GatewayConfig, load_config
+from evc.errors import ConfigError, EvcError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``evc`` command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"evc: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EvcError as exc:
+        print(f"evc: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree (also used by the docs tests)."""
+    parser = argparse.ArgumentParser(
+        prog="evc", description="EVC: edge / fog / cloud messaging for vision at the edge."
+    )
+    parser.add_argument("--version", action="version", version=f"evc {__version__}")
+    groups = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    gateway = _group(groups, "gateway", "Run the fog gateway daemon.")
+    run = _command(gateway, "run", "Run a gateway until SIGINT/SIGTERM.", _gateway_run)
+    _config_options(run)
+
+    cloud = _group(groups, "cloud", "Run and inspect cloud ingest.")
+    run = _command(cloud, "run", "Run a cloud ingest worker until SIGINT/SIGTERM.", _cloud_run)
+    _config_options(run)
+    stats = _command(cloud, "stats", "Print what the cloud store holds.", _cloud_stats)
+    _config_options(stats, validate=False)
+    stats.add_argument("--json", action="store_true", help="Print JSON for scripts.")
+
+    device = _group(groups, "device", "Run device nodes.")
+    sim = _command(device, "simulate", "Run simulated cameras publishing detections.", _simulate)
+    _config_options(sim)
+    sim.add_argument("--devices", type=int, help="Override simulate.devices.")
+    sim.add_argument("--fps", type=float, help="Override simulate.fps (per camera).")
+    sim.add_argument("--duration", type=float, help="Override simulate.duration_s.")
+    sim.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+    broker = _group(groups, "broker", "Local Mosquitto brokers for development.")
+    up = _command(broker, "up", "Start a fog and a cloud broker until Ctrl-C.", _broker_up)
+    up.add_argument("--json", action="store_true", help="Print the URLs as JSON.")
+
+    demo = _command(groups, "demo", "Run the whole hierarchy locally and summarise.", _demo)
+    demo.add_argument("--devices", type=int, default=4, help="Simulated cameras (default 4).")
+    demo.add_argument("--fps", type=float, default=20.0, help="Frames/s per camera (default 20).")
+    demo.add_argument("--duration", type=float, default=15.0, help="Seconds (default 15).")
+    demo.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+
+    bench = _command(groups, "bench", "Measure EVC beside its baselines.", _bench)
+    bench.add_argument("--quick", action="store_true", help="Short runs, for CI.")
+    bench.add_argument("--json", action="store_true", help="Print the results as JSON.")
+    bench.add_argument(
+        "--output", type=Path, help="Write a Markdown report here (e.g. docs/BENCHMARKS.md)."
+    )
+    return parser
+
+
+def _group(
+    groups: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    parser = groups.add_parser(name, help=help_text, description=help_text)
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def _command(
+    groups: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    parser = groups.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _config_options(parser: argparse.ArgumentParser, *, validate: bool = True) -> None:
+    parser.add_argument("--config", "-c", type=Path, required=True, help="YAML config file.")
+    if validate:
+        parser.add_argument(
+            "--validate-config",
+            action="store_true",
+            help="Validate the config, print the result and exit (2 if invalid).",
+        )
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def _validated(args: argparse.Namespace, model: type[BaseModel]) -> BaseModel | None:
+    config = load_config(args.config, model)
+    if getattr(args, "validate_config", False):
+        print(f"{args.config}: valid {model.__name__}")
+        return None
+    return config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _gateway_run(args: argparse.Namespace) -> int:
+    from evc.gateway import Gateway
+
+    config = _validated(args, GatewayConfig)
+    if not isinstance(config, GatewayConfig):
+        return EXIT_OK
+    _setup_logging(config.log_level)
+    Gateway(config).run_until(_stop_on_signals())
+    return EXIT_OK
+
+
+def _cloud_run(args: argparse.Namespace) -> int:
+    from evc.cloud import CloudIngest
+
+    config = _validated(args, CloudConfig)
+    if not isinstance(config, CloudConfig):
+        return EXIT_OK
+    _setup_logging(config.log_level)
+    CloudIngest(config).run_until(_stop_on_signals())
+    return EXIT_OK
+
+
+def _cloud_stats(args: argparse.Namespace) -> int:
+    from evc.cloud import SqliteRecordStore
+
+    config = load_config(args.config, CloudConfig)
+    if not config.store.path.exists():
+        raise EvcError(f"no record store at {config.store.path}")
+    store = SqliteRecordStore(config.store.path)
+    stats = store.stats()
+    store.close()
+    _print(asdict(stats), as_json=args.json)
+    return EXIT_OK
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from evc.device import simulate
+
+    config = _validated(args, DeviceConfig)
+    if not isinstance(config, DeviceConfig):
+        return EXIT_OK
+    overrides = {
+        key: value
+        for key, value in (
+            ("devices", args.devices), ("fps", args.fps), ("duration_s", args.duration)
+        )
+        if value is not None
+    }
+    if overrides:
+        merged = config.simulate.model_dump() | overrides
+        config = config.model_copy(update={"simulate": type(config.simulate)(**merged)})
+    _setup_logging("WARNING")
+    result = simulate(config, stop=_stop_on_signals())
+    summary = {
+        "devices": result.devices, "frames": result.frames, "detections": result.detections,
+        "seconds": round(result.seconds, 3), "unsent": result.unsent,
+    }
+    _print(summary, as_json=args.json)
+    return EXIT_OK if result.unsent == 0 else EXIT_FAILURE
+
+
+def _broker_up(args: argparse.Namespace) -> int:
+    from evc.harness import MosquittoBroker
+
+    stop = _stop_on_signals()
+    with MosquittoBroker(tier="fog") as fog, MosquittoBroker(tier="cloud") as cloud:
+        _print({"fog": fog.url, "cloud": cloud.url}, as_json=args.json)
+        if not args.json:
+            print("Ctrl-C stops both brokers.", flush=True)
+        stop.wait()
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from evc.demo import run_demo
+
+    return run_demo(
+        devices=args.devices, fps=args.fps, duration_s=args.duration, as_json=args.json,
+        stop=_stop_on_signals(),
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from evc.bench import run_bench
+
+    return run_bench(quick=args.quick, as_json=args.json, output=args.output)
+
+
+def _print(data: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str), flush=True)
+        return
+    for key, value in data.items():
+        print(f"{key}: {value}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
