@@ -30,6 +30,7 @@ class SimulationResult:
     detections: int = 0
     seconds: float = 0.0
     unsent: int = 0
+    bytes_sent: int = 0
     keys: list[tuple[str, int, int]] = field(default_factory=list)
 
 
@@ -93,4 +94,5 @@ def simulate(
             device.wait_until_sent(drain_timeout_s)
             result.unsent += device.buffered
             device.close(drain_timeout_s=1.0)
+            result.bytes_sent += device.forwarder.counters.bytes_sent
     return result

@@ -87,7 +87,7 @@ def new_client(
         manual_ack=manual_ack,
     )
     client.on_socket_open = _set_nodelay
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
     client.max_inflight_messages_set(max_inflight)
     if will:
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
