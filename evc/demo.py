@@ -69,7 +69,10 @@ def run_demo(
         with console.status("starting brokers, cloud ingest and gateway"):
             stack = _start(work)
         try:
-            summary = _run(stack, work, console, stop, devices, fps, duration_s, outage)
+            summary = _run(
+                stack, work, console, stop,
+                devices=devices, fps=fps, duration_s=duration_s, outage_s=outage,
+            )
         finally:
             stack.gateway.stop()
             stack.cloud.stop()
@@ -107,7 +110,7 @@ def _start(work: Path) -> _Stack:
 
 def _run(
     stack: _Stack, work: Path, console: Console, stop: threading.Event,
-    devices: int, fps: float, duration_s: float, outage_s: float,
+    *, devices: int, fps: float, duration_s: float, outage_s: float,
 ) -> dict[str, Any]:
     device_config = DeviceConfig(
         site=SITE, device_id="cam", fog=BrokerConfig(url=stack.fog.url),
@@ -189,6 +192,8 @@ def _summary(
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="EVC demo: device -> fog gateway -> cloud", show_header=False)
     for key, value in summary.items():
-        style = "bold green" if key == "lost" and value == 0 else "bold red" if key == "lost" else ""
+        style = ""
+        if key == "lost":
+            style = "bold green" if value == 0 else "bold red"
         table.add_row(key.replace("_", " "), f"[{style}]{value}[/]" if style else str(value))
     console.print(table)

@@ -64,7 +64,9 @@ class CloudIngest:
                 self.metrics.registry, host=self.config.metrics.host, port=self.config.metrics.port
             )
         self.consumer.start()
-        log.info("cloud ingest %s up on %s", self.config.ingest.worker_id, self.config.cloud.address)
+        log.info(
+            "cloud ingest %s up on %s", self.config.ingest.worker_id, self.config.cloud.address
+        )
 
     def stop(self) -> None:
         """Commit what is pending, disconnect, close the store."""
@@ -102,7 +104,7 @@ class CloudIngest:
         max_bytes = int(self.config.ingest.max_payload_bytes)
         try:
             topic = GatewayTopic.parse(message.topic)
-            batch = batch_from(decode(message.payload, max_bytes=max_bytes))
+            batch = batch_from(decode(bytes(message.payload), max_bytes=max_bytes))
             if batch.site != topic.site:
                 raise SchemaError(f"batch of site {batch.site!r} on the topic of {topic.site!r}")
         except WireError as exc:

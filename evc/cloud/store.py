@@ -143,7 +143,9 @@ class SqliteRecordStore:
             records, detections = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(detections), 0) FROM records"
             ).fetchone()
-            row = self._db.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
+            row = self._db.execute(
+                "SELECT value FROM counters WHERE name = 'duplicates'"
+            ).fetchone()
             by_device = {
                 f"{site}/{origin}": count
                 for site, origin, count in self._db.execute(

@@ -66,7 +66,9 @@ class Device:
         self.site = site
         self.model_version = model_version
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.address = broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
+        self.address = (
+            broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
+        )
         self.epoch = next_boot_epoch(state_dir, device_id)
         self.published = 0
         self._started_at = time.monotonic()
@@ -88,7 +90,7 @@ class Device:
             on_connect=self._publish_birth,
         )
         self.forwarder.client.on_disconnect = self._chain_disconnect(
-            self.forwarder.client.on_disconnect
+            self.forwarder.on_disconnect
         )
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 

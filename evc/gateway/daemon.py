@@ -129,7 +129,7 @@ class Gateway:
         max_bytes = int(self.config.ingest.max_payload_bytes)
         for message in messages:
             try:
-                record = admit(message.topic, message.payload, site=self.config.site,
+                record = admit(message.topic, bytes(message.payload), site=self.config.site,
                                max_bytes=max_bytes)
             except WireError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()

@@ -1,4 +1,4 @@
-"""MQTT transport shared by the tiers: client set-up, commit-then-ack consumers, outbox forwarders."""
+"""MQTT transport shared by the tiers: clients, commit-then-ack consumers, outbox forwarders."""
 
 from evc.mqtt.client import BrokerAddress, Will, new_client
 from evc.mqtt.consumer import CommitThenAckConsumer

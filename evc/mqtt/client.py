@@ -112,7 +112,7 @@ def connect_async(
             and restarts of this process. Needed by every consumer that acks after commit.
         receive_maximum: how many un-acked QoS 1 messages the broker may send us at once.
     """
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
     if persistent:
         props.SessionExpiryInterval = session_expiry_s
     if receive_maximum:

@@ -71,7 +71,9 @@ class CommitThenAckConsumer:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._timer = threading.Thread(target=self._flush_on_time, name="consumer-timer", daemon=True)
+        self._timer = threading.Thread(
+            target=self._flush_on_time, name="consumer-timer", daemon=True
+        )
 
     @property
     def client(self) -> mqtt.Client:

@@ -141,7 +141,7 @@ class OutboxForwarder:
             client_id=client_id, will=will, address=address, max_inflight=max_inflight
         )
         self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
+        self._client.on_disconnect = self.on_disconnect
         self._client.on_publish = self._on_publish
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
@@ -239,9 +239,10 @@ class OutboxForwarder:
             self._on_connect_hook(client)
         log.info("connected to %s", self.address)
 
-    def _on_disconnect(
+    def on_disconnect(
         self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        """paho callback: forget the in-flight window so it is sent again after reconnect."""
         self.connected.clear()
         self._forget_inflight()
         if not self._stop.is_set():

@@ -255,8 +255,10 @@ class Outbox:
             for start in range(0, len(id_list), 500):
                 chunk = id_list[start : start + 500]
                 marks = ",".join("?" * len(chunk))
+                # Only "?" placeholders are formatted into the SQL; the ids are bound parameters.
                 freed = self._scalar(
-                    f"SELECT COALESCE(SUM(size), 0) FROM records WHERE id IN ({marks})", chunk
+                    f"SELECT COALESCE(SUM(size), 0) FROM records WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
                 )
                 self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)  # noqa: S608
                 self._bytes -= freed

@@ -109,7 +109,9 @@ class Batch:
     records: list[bytes]
 
 
-def encode(kind: Kind, origin: str, epoch: int, seq: int, ts_ms: int, body: Any) -> bytes:
+def encode(
+    kind: Kind, *, origin: str, epoch: int, seq: int, ts_ms: int, body: Any
+) -> bytes:
     """Pack an envelope. ``body`` must already be made of msgpack-native values."""
     packed: bytes = msgpack.packb(
         [PROTOCOL_VERSION, int(kind), origin, epoch, seq, ts_ms, body], use_bin_type=True
@@ -197,7 +199,7 @@ def encode_detections(
         quant_scores.tobytes(),
         quant_boxes.tobytes(),
     ]
-    return encode(Kind.DETECTIONS, origin, epoch, seq, ts_ms, body)
+    return encode(Kind.DETECTIONS, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
 
 
 def detections_from(envelope: Envelope) -> DetectionFrame:
@@ -242,7 +244,7 @@ def encode_map(
     """Encode a heartbeat or state message: a flat map of named scalar fields."""
     if kind not in (Kind.HEARTBEAT, Kind.STATE):
         raise SchemaError(f"{kind.name} does not carry a field map")
-    return encode(kind, origin, epoch, seq, ts_ms, dict(fields))
+    return encode(kind, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=dict(fields))
 
 
 def map_from(envelope: Envelope) -> dict[str, _Scalar]:
@@ -268,7 +270,7 @@ def encode_batch(
 ) -> bytes:
     """Encode the records a gateway forwards in one upstream message (each record verbatim)."""
     body = [site, int(BatchEncoding.PLAIN), list(records)]
-    return encode(Kind.BATCH, origin, epoch, seq, ts_ms, body)
+    return encode(Kind.BATCH, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
 
 
 def batch_from(envelope: Envelope) -> Batch:
