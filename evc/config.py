@@ -49,7 +49,10 @@ class BrokerConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _parse_url(cls, url: str) -> str:
-        BrokerAddress.from_url(url)
+        try:
+            BrokerAddress.from_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc  # pydantic reports ValueErrors with the key path
         return url
 
     @property

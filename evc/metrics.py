@@ -6,6 +6,10 @@ instance (not the global one) lets tests and benchmarks run several daemons in o
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from threading import Thread
@@ -60,15 +64,62 @@ class OutboxMetrics:
             registry=registry,
         )
 
+        self.drain_rate = Gauge(
+            f"{prefix}_outbox_drain_rate_records_per_second",
+            "Records acknowledged by the next hop per second, over the last 30 s.",
+            registry=registry,
+        )
+        self.drain_eta = Gauge(
+            f"{prefix}_outbox_drain_eta_seconds",
+            "Backlog divided by the drain rate; +Inf while records wait and none drain.",
+            registry=registry,
+        )
+
     def on_drop(self, reason: DropReason, priority: Priority, count: int) -> None:
         """Outbox drop listener."""
         self.dropped.labels(reason.value, priority.name.lower()).inc(count)
 
-    def watch(self, outbox: Outbox) -> None:
-        """Read the backlog gauges from ``outbox`` whenever metrics are scraped."""
+    def watch(self, outbox: Outbox, acked: Callable[[], int]) -> None:
+        """Read the backlog gauges whenever metrics are scraped.
+
+        Args:
+            outbox: the queue to watch.
+            acked: total records the next hop has acknowledged so far.
+        """
         self.backlog_records.set_function(lambda: len(outbox))
         self.backlog_bytes.set_function(lambda: outbox.bytes)
         self.backlog_age.set_function(_age_of_oldest(outbox))
+        estimate = DrainEstimate(acked)
+        self.drain_rate.set_function(estimate.rate)
+        self.drain_eta.set_function(lambda: estimate.eta(len(outbox)))
+
+
+class DrainEstimate:
+    """Drain rate and time-to-empty from a counter of acknowledged records, sampled on read."""
+
+    def __init__(self, acked: Callable[[], int], *, window_s: float = 30.0) -> None:
+        self._acked = acked
+        self._window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def rate(self) -> float:
+        """Records per second over the window (0 until two samples exist)."""
+        now, acked = time.monotonic(), self._acked()
+        with self._lock:
+            self._samples.append((now, acked))
+            while len(self._samples) > 2 and now - self._samples[0][0] > self._window_s:
+                self._samples.popleft()
+            first_time, first_acked = self._samples[0]
+        elapsed = now - first_time
+        return (acked - first_acked) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self, backlog: int) -> float:
+        """Seconds until ``backlog`` records drain at the current rate."""
+        if backlog == 0:
+            return 0.0
+        rate = self.rate()
+        return backlog / rate if rate > 0 else math.inf
 
 
 def _age_of_oldest(outbox: Outbox) -> Callable[[], float]:

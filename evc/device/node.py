@@ -19,10 +19,12 @@ from typing import Any
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from evc.errors import PayloadTooLargeError
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.mqtt import BrokerAddress, OneToOnePacker, OutboxForwarder, Will
 from evc.outbox import NewRecord, Outbox, Priority, now_ms
 from evc.wire import Channel, DeviceTopic, IdempotencyKey, Kind, encode_detections, encode_map
+from evc.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ class Device:
         heartbeat_interval_s: seconds between heartbeats; 0 disables them.
         model_version: the model version stamped on frames that do not name one.
         heartbeat_fields: called for extra heartbeat fields (latency, fps, ...).
+        max_record_bytes: larger records are refused with :class:`PayloadTooLargeError`; keep
+            it at or below the gateway's ``ingest.max_payload_bytes`` and the broker's
+            ``max_packet_size``, or one oversized record would block the ones behind it.
 
     Example::
 
@@ -61,11 +66,13 @@ class Device:
         heartbeat_interval_s: float = 10.0,
         model_version: str = "unknown",
         heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
+        max_record_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.device_id = device_id
         self.site = site
         self.model_version = model_version
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.max_record_bytes = max_record_bytes
         self.address = (
             broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
         )
@@ -186,6 +193,10 @@ class Device:
         return IdempotencyKey(self.device_id, self.epoch, seq)
 
     def _enqueue(self, channel: Channel, payload: bytes, priority: Priority) -> None:
+        if len(payload) > self.max_record_bytes:
+            raise PayloadTooLargeError(
+                f"{channel.value} record of {len(payload)} bytes exceeds {self.max_record_bytes}"
+            )
         self.buffer.put([NewRecord(self._topics[channel], payload, priority)])
         self.published += 1
         self.forwarder.wake()

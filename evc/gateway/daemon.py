@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from evc.config import GatewayConfig
 from evc.errors import WireError
 from evc.gateway.intake import admit
-from evc.identity import next_boot_epoch
+from evc.identity import SequenceCounter, next_boot_epoch
 from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
 from evc.mqtt.forwarder import Outgoing
@@ -40,6 +40,7 @@ class Gateway:
         self.config = config
         self.metrics = metrics or GatewayMetrics()
         self.epoch = next_boot_epoch(config.state_dir, config.gateway_id)
+        self._state_seq = SequenceCounter()
         self.metrics_server: MetricsServer | None = None
         self._state_topic = str(GatewayTopic(config.site, config.gateway_id, Channel.STATE))
         self.outbox = Outbox(
@@ -50,7 +51,6 @@ class Gateway:
             synchronous=config.outbox.synchronous,
             on_drop=self.metrics.outbox.on_drop,
         )
-        self.metrics.outbox.watch(self.outbox)
         self.intake = CommitThenAckConsumer(
             client_id=f"evc-gw-{config.site}-{config.gateway_id}",
             address=config.fog.address,
@@ -76,6 +76,7 @@ class Gateway:
             on_connect=self._publish_birth,
             on_acked=self._count_acked,
         )
+        self.metrics.outbox.watch(self.outbox, lambda: self.uplink.counters.records_acked)
         self.metrics.fog_connected.set_function(lambda: float(self.intake.connected.is_set()))
         self.metrics.cloud_connected.set_function(lambda: float(self.uplink.connected.is_set()))
 
@@ -147,7 +148,8 @@ class Gateway:
 
     def _state_payload(self, state: str) -> bytes:
         return encode_map(
-            Kind.STATE, origin=self.config.gateway_id, epoch=self.epoch, seq=0, ts_ms=now_ms(),
+            Kind.STATE, origin=self.config.gateway_id, epoch=self.epoch,
+            seq=self._state_seq.next(), ts_ms=now_ms(),
             fields={"state": state, "site": self.config.site},
         )
 

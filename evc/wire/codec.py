@@ -183,6 +183,8 @@ def encode_detections(
     count = len(score_arr)
     if len(classes) != count or len(box_arr) != count:
         raise SchemaError("class_ids, scores and boxes must have the same length")
+    if count > MAX_DETECTIONS_PER_FRAME:
+        raise SchemaError(f"{count} detections exceed the limit of {MAX_DETECTIONS_PER_FRAME}")
     if width <= 0 or height <= 0:
         raise SchemaError("frame width and height must be positive")
     class_dtype = "<u1" if count == 0 or int(classes.max()) < 256 else "<u2"
@@ -283,6 +285,8 @@ def batch_from(envelope: Envelope) -> Batch:
     site, encoding, records = body
     if not isinstance(site, str):
         raise SchemaError("batch site must be a string")
+    if type(encoding) is not int:
+        raise SchemaError("batch encoding must be an integer")
     if encoding != BatchEncoding.PLAIN:
         raise UnknownVersionError(f"batch encoding {encoding!r} is not supported")
     if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
