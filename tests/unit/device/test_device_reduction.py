@@ -19,7 +19,8 @@ def on_change(keyframe_s: float = 0.0) -> ChangeFilter:
 def test_every_frame_mode_publishes_everything() -> None:
     f = ChangeFilter(mode=PublishMode.EVERY_FRAME)
     assert all(f.should_publish(CLASSES, BOXES, now_s=t) for t in range(5))
-    assert f.counts.published == 5 and f.counts.suppressed == 0
+    assert f.counts.published == 5
+    assert f.counts.suppressed == 0
 
 
 def test_identical_frames_are_suppressed_after_the_first() -> None:
@@ -33,16 +34,17 @@ def test_small_jitter_is_suppressed_but_a_real_move_is_published() -> None:
     f = on_change()
     assert f.should_publish(CLASSES, BOXES, now_s=0)
     assert not f.should_publish(CLASSES, BOXES + 1, now_s=1)  # IoU ~0.9
-    assert f.should_publish(CLASSES, BOXES + [30, 0, 30, 0], now_s=2)  # moved 30 px
+    assert f.should_publish(CLASSES, BOXES + np.array([30, 0, 30, 0]), now_s=2)  # moved 30 px
 
 
 def test_drift_is_measured_against_the_last_published_frame() -> None:
     f = on_change()
     f.should_publish(CLASSES, BOXES, now_s=0)
-    published = [f.should_publish(CLASSES, BOXES + [3 * k, 0, 3 * k, 0], now_s=k)
+    published = [f.should_publish(CLASSES, BOXES + np.array([3 * k, 0, 3 * k, 0]), now_s=k)
                  for k in range(1, 6)]
     # each step alone is small, but by some step the total drift passes the threshold
-    assert published.count(True) >= 1 and not published[0]
+    assert published.count(True) >= 1
+    assert not published[0]
 
 
 def test_class_change_or_new_object_is_published() -> None:
