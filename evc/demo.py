@@ -133,9 +133,11 @@ def _run(
                 phase = "cloud outage"
             elif phase == "cloud outage" and elapsed >= outage_at + outage_s:
                 stack.cloud_broker.restart()
-                phase = "draining"
+                phase = "cloud back, backlog draining"
             backlog_peak = max(backlog_peak, len(stack.gateway.outbox))
             live.update(_progress(stack, elapsed, phase))
+            if not console.is_terminal and int(elapsed * 4) % 8 == 0:
+                console.print(_progress(stack, elapsed, phase))  # a line every ~2 s in logs
             if stop.is_set() or elapsed > duration_s + outage_s + 60:
                 break
             time.sleep(0.25)
@@ -190,7 +192,7 @@ def _summary(
 
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title="EVC demo: device -> fog gateway -> cloud", show_header=False)
+    table = Table(title="EVC demo summary", show_header=False)
     for key, value in summary.items():
         style = ""
         if key == "lost":

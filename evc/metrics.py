@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from evc.errors import ConfigError
 from evc.outbox import DropReason, Outbox, Priority, now_ms
 
 
@@ -37,8 +38,15 @@ class MetricsServer:
 
 
 def serve(registry: CollectorRegistry, *, host: str, port: int) -> MetricsServer:
-    """Expose ``registry`` on http://host:port/metrics (port 0 picks a free port)."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    """Expose ``registry`` on http://host:port/metrics (port 0 picks a free port).
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, or not an address of this host).
+    """
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"metrics endpoint {host}:{port} cannot listen: {exc}") from exc
     return MetricsServer(server, thread)
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from evc import __version__
 from evc.config import CloudConfig, DeviceConfig, GatewayConfig, load_config
 from evc.errors import ConfigError, EvcError
+from evc.wire import Kind
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
@@ -175,7 +176,9 @@ def _cloud_stats(args: argparse.Namespace) -> int:
     store = SqliteRecordStore(config.store.path)
     stats = store.stats()
     store.close()
-    _print(asdict(stats), as_json=args.json)
+    summary = asdict(stats)
+    summary["by_kind"] = {Kind(kind).name.lower(): count for kind, count in stats.by_kind.items()}
+    _print(summary, as_json=args.json)
     return EXIT_OK
 
 
@@ -232,12 +235,16 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(quick=args.quick, as_json=args.json, output=args.output)
 
 
-def _print(data: dict[str, Any], *, as_json: bool) -> None:
+def _print(data: dict[str, Any], *, as_json: bool, indent: str = "") -> None:
     if as_json:
         print(json.dumps(data, indent=2, sort_keys=True, default=str), flush=True)
         return
     for key, value in data.items():
-        print(f"{key}: {value}", flush=True)
+        if isinstance(value, dict):
+            print(f"{indent}{key}:" + ("" if value else " none"), flush=True)
+            _print(value, as_json=False, indent=indent + "  ")
+        else:
+            print(f"{indent}{key}: {value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,13 +115,10 @@ class Device:
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join(timeout=2)
-        self.forwarder.stop(drain_timeout_s=drain_timeout_s, disconnect=False)
-        if self.forwarder.connected.is_set():
-            info = self.forwarder.client.publish(
-                self._topics[Channel.STATE], self._state("offline"), qos=1, retain=True
-            )
-            info.wait_for_publish(timeout=2)
-        self.forwarder.client.disconnect()
+        self.forwarder.stop(
+            drain_timeout_s=drain_timeout_s,
+            goodbye=(self._topics[Channel.STATE], self._state("offline")),
+        )
         self.buffer.close()
 
     def __enter__(self) -> Device:

@@ -98,15 +98,14 @@ class Gateway:
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
         self.intake.stop()
         self.uplink.wake()
-        if self.uplink.connected.is_set():
-            info = self.uplink.client.publish(
-                self._state_topic, self._state_payload("offline"), qos=1, retain=True
-            )
-            info.wait_for_publish(timeout=2)
-        self.uplink.stop(drain_timeout_s=drain_timeout_s)
+        self.uplink.stop(
+            drain_timeout_s=drain_timeout_s,
+            goodbye=(self._state_topic, self._state_payload("offline")),
+        )
         self.outbox.close()
         if self.metrics_server:
             self.metrics_server.close()
+        log.info("gateway %s/%s stopped", self.config.site, self.config.gateway_id)
 
     def run_until(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set (by a signal handler, for example)."""

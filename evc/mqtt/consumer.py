@@ -70,6 +70,7 @@ class CommitThenAckConsumer:
         self._client = new_client(client_id=client_id, manual_ack=True, will=will, address=address)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
         self._timer = threading.Thread(
             target=self._flush_on_time, name="consumer-timer", daemon=True
@@ -114,6 +115,9 @@ class CommitThenAckConsumer:
         if self._on_connect_hook:
             self._on_connect_hook(client)
         log.info("connected to %s, subscribed to %s", self.address, self.subscriptions)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
+        log.warning("cannot reach %s; retrying", self.address)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any

@@ -8,6 +8,7 @@ not acknowledged is sent again, in order, after reconnect (the next hop deduplic
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +93,11 @@ class ForwarderCounters:
 class OutboxForwarder:
     """Publish outbox rows at QoS 1; delete them on PUBACK.
 
+    One thread owns the in-flight window: it publishes, and it applies the acknowledgements and
+    disconnects that paho's network thread reports through a queue. paho calls ``on_publish``
+    while holding its own message lock, so that callback must never wait for ours: an earlier
+    design that shared one lock between the two threads deadlocked under load.
+
     Args:
         outbox: the rows to forward.
         client_id: MQTT client id of the uplink connection.
@@ -102,6 +108,7 @@ class OutboxForwarder:
         peek_bytes: payload bytes read per message, about.
         will: Last Will of the uplink connection.
         on_connect: called after every (re)connect, for birth messages.
+        on_acked: called with each acknowledged message and its publish-to-ack seconds.
         expire_interval_s: how often TTLs are enforced.
     """
 
@@ -131,16 +138,18 @@ class OutboxForwarder:
         self.connected = threading.Event()
         self._on_connect_hook = on_connect
         self._on_acked = on_acked
+        # Touched only by the forwarder thread.
         self._inflight: dict[int, tuple[Outgoing, float]] = {}
         self._cursors: dict[Priority, int] = {}
-        self._generation = 0
-        self._lock = threading.Lock()
+        # From paho's network thread to the forwarder thread: (mid, reason) or _RESET.
+        self._events: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._client = new_client(
             client_id=client_id, will=will, address=address, max_inflight=max_inflight
         )
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self.on_disconnect
         self._client.on_publish = self._on_publish
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
@@ -162,30 +171,43 @@ class OutboxForwarder:
 
     def inflight(self) -> int:
         """Messages published and not yet acknowledged."""
-        with self._lock:
-            return len(self._inflight)
+        return len(self._inflight)
 
-    def stop(self, *, drain_timeout_s: float = 0.0, disconnect: bool = True) -> None:
-        """Stop forwarding, optionally after waiting for the outbox to drain."""
+    def stop(
+        self,
+        *,
+        drain_timeout_s: float = 0.0,
+        goodbye: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Stop forwarding and disconnect.
+
+        Args:
+            drain_timeout_s: first wait up to this long for the outbox to empty.
+            goodbye: a retained (topic, payload) to publish before disconnecting, such as a
+                death message; a clean DISCONNECT suppresses the Last Will.
+        """
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline and (len(self.outbox) or self.inflight()):
-            time.sleep(0.05)
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
-        if disconnect:
-            self._client.disconnect()
+        if goodbye and self.connected.is_set():
+            topic, payload = goodbye
+            self._client.publish(topic, payload, qos=1, retain=True).wait_for_publish(timeout=2)
+        self._client.disconnect()
         self._client.loop_stop()
 
-    # -- draining ------------------------------------------------------------------------------
+    # -- draining (forwarder thread) -----------------------------------------------------------
 
     def _run(self) -> None:
         next_expiry = 0.0
         while not self._stop.is_set():
+            self._apply_events()
             if time.monotonic() >= next_expiry:
                 self.outbox.expire()
                 next_expiry = time.monotonic() + self.expire_interval_s
-            if not self.connected.is_set() or self.inflight() >= self.max_inflight:
+            if not self.connected.is_set() or len(self._inflight) >= self.max_inflight:
                 self._wait(0.2)
                 continue
             try:
@@ -195,37 +217,63 @@ class OutboxForwarder:
                 sent = False
             if not sent:
                 self._wait(0.5)
+        self._apply_events()
 
     def _wait(self, timeout: float) -> None:
-        self._wake.wait(timeout)
+        if self._events.empty():
+            self._wake.wait(timeout)
         self._wake.clear()
 
     def _send_next(self) -> bool:
-        with self._lock:
-            generation = self._generation
-            cursors = dict(self._cursors)
         rows = self.outbox.peek(
-            after=cursors, max_records=self.peek_records, max_bytes=self.peek_bytes
+            after=self._cursors, max_records=self.peek_records, max_bytes=self.peek_bytes
         )
         if not rows:
             return False
         for message in self.packer.pack(rows):
-            with self._lock:
-                if generation != self._generation:
-                    return True  # disconnected meanwhile: start over from the cursors' reset
-                info = self._client.publish(message.topic, message.payload, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    return False
-                self._inflight[info.mid] = (message, time.monotonic())
-                self.counters.messages_sent += 1
-                self.counters.bytes_sent += len(message.payload)
-        with self._lock:
-            if generation == self._generation:
-                for row in rows:
-                    self._cursors[row.priority] = max(self._cursors.get(row.priority, 0), row.id)
+            info = self._client.publish(message.topic, message.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return False  # not connected: the disconnect event resets the cursors
+            self._inflight[info.mid] = (message, time.monotonic())
+            self.counters.messages_sent += 1
+            self.counters.bytes_sent += len(message.payload)
+        for row in rows:
+            self._cursors[row.priority] = max(self._cursors.get(row.priority, 0), row.id)
         return True
 
-    # -- paho callbacks (network thread) -------------------------------------------------------
+    def _apply_events(self) -> None:
+        while True:
+            try:
+                mid, reason = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if mid == _RESET:
+                self._forget_inflight()
+            else:
+                self._acknowledged(mid, reason)
+
+    def _acknowledged(self, mid: int, reason: ReasonCode | None) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return  # a birth, or a late ack from before a reconnect whose rows are resent
+        message, sent_at = entry
+        if reason is not None and reason.is_failure:
+            log.warning("broker refused a message on %s: %s", message.topic, reason)
+            self._forget_inflight()
+            self._stop.wait(1.0)  # do not spin on a broker that keeps refusing
+            return
+        self.outbox.ack(message.row_ids)
+        self.counters.records_acked += message.records
+        if self._on_acked:
+            self._on_acked(message, time.monotonic() - sent_at)
+
+    def _forget_inflight(self) -> None:
+        # Un-acknowledged rows stay in the outbox; resetting the cursors sends them again.
+        self.counters.resends += len(self._inflight)
+        self._inflight.clear()
+        self._cursors.clear()
+
+    # -- paho callbacks (network thread): never block here -------------------------------------
 
     def _on_connect(
         self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
@@ -239,37 +287,25 @@ class OutboxForwarder:
             self._on_connect_hook(client)
         log.info("connected to %s", self.address)
 
+    def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
+        log.warning("cannot reach %s; retrying", self.address)
+
     def on_disconnect(
         self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         """paho callback: forget the in-flight window so it is sent again after reconnect."""
         self.connected.clear()
-        self._forget_inflight()
+        self._events.put((_RESET, None))
+        self._wake.set()
         if not self._stop.is_set():
-            log.warning("disconnected from %s: %s; reconnecting", self.address, reason)
-
-    def _forget_inflight(self) -> None:
-        # Un-acknowledged rows stay in the outbox; resetting the cursors sends them again.
-        with self._lock:
-            self.counters.resends += len(self._inflight)
-            self._inflight.clear()
-            self._cursors.clear()
-            self._generation += 1
+            log.warning("lost connection to %s (%s); reconnecting", self.address, reason)
 
     def _on_publish(
         self, _client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any
     ) -> None:
-        with self._lock:
-            entry = self._inflight.pop(mid, None)
-        if entry is None:
-            return  # a late ack from before a reconnect; its rows are being resent
-        message, sent_at = entry
-        if reason.is_failure:
-            log.warning("broker refused a message on %s: %s", message.topic, reason)
-            self._forget_inflight()
-            return
-        self.outbox.ack(message.row_ids)
-        self.counters.records_acked += message.records
-        if self._on_acked:
-            self._on_acked(message, time.monotonic() - sent_at)
+        self._events.put((mid, reason))
         self._wake.set()
+
+
+# Packet ids are 1..65535, so 0 can mark a disconnect in the event queue.
+_RESET = 0
