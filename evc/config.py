@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 
+from evc.device.reduction import PublishMode
 from evc.errors import ConfigError
 from evc.mqtt.client import BrokerAddress
 from evc.outbox import DropPolicy
@@ -197,7 +198,46 @@ class SimulationConfig(StrictModel):
     duration_s: float | None = Field(
         None, gt=0, description="Stop after this many seconds; null runs until interrupted."
     )
-    seed: int = Field(0, description="Seed of the synthetic detections.")
+    seed: int = Field(0, description="Seed of the synthetic cameras or detections.")
+    domain: Literal["base", "shifted"] = Field(
+        "base", description="Scene distribution of the synthetic cameras."
+    )
+    processes: int = Field(
+        1, ge=1, le=64, description="Split the cameras over this many processes."
+    )
+
+
+class DetectorConfig(StrictModel):
+    """The on-device ONNX detector."""
+
+    model: Path = Field(
+        Path("samples/models/shapes-v1.onnx"),
+        description="ONNX detection model (Ultralytics YOLOv8/YOLO11 export layout).",
+    )
+    conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum confidence kept.")
+    iou_threshold: float = Field(0.45, gt=0, le=1, description="Class-wise NMS IoU threshold.")
+    max_detections: int = Field(300, ge=1, le=4096, description="Detections per frame, at most.")
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads per inference; null lets it choose."
+    )
+    class_names: list[str] | None = Field(
+        None, description="Class names, if the model's metadata has none."
+    )
+
+
+class PublishConfig(StrictModel):
+    """Which frames a device publishes (traffic reduction at the source)."""
+
+    mode: PublishMode = Field(
+        PublishMode.EVERY_FRAME,
+        description="every_frame, or on_change: only frames whose detections changed.",
+    )
+    iou_threshold: float = Field(
+        0.7, gt=0, le=1, description="Same-class boxes overlapping this much are unchanged."
+    )
+    keyframe_interval_s: float = Field(
+        10.0, ge=0, description="Publish at least this often even if nothing changed; 0: never."
+    )
 
 
 class DeviceConfig(StrictModel):
@@ -216,7 +256,17 @@ class DeviceConfig(StrictModel):
         description="Cap of the local buffer used while the fog broker is unreachable.",
     )
     heartbeat_interval_s: float = Field(10.0, gt=0, description="Seconds between heartbeats.")
-    model_version: str = Field("synthetic-0", description="Model version put in every frame.")
+    model_version: str = Field(
+        "synthetic-0",
+        description="Model version put in frames when there is no detector (a detector's "
+        "model carries its own).",
+    )
+    detector: DetectorConfig | None = Field(
+        None,
+        description="Run this detector on synthetic camera frames; null publishes random "
+        "synthetic detections instead.",
+    )
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="Frame policy.")
     simulate: SimulationConfig = Field(
         default_factory=SimulationConfig, description="Used by `evc device simulate`."
     )

@@ -1,8 +1,9 @@
 """``evc demo``: the whole hierarchy on this machine, with a cloud outage in the middle.
 
 Starts a fog and a cloud Mosquitto (through the harness), a cloud ingest worker, a gateway and
-simulated cameras; cuts the cloud broker for a few seconds while the cameras keep publishing;
-and ends with a summary of what was produced, stored, deduplicated and lost (which must be 0).
+simulated cameras that run the sample ONNX detector on synthetic frames and publish only what
+changed; cuts the cloud broker for a few seconds while the cameras keep publishing; and ends
+with a summary of what was seen, published, stored, deduplicated and lost (which must be 0).
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from evc.cloud import CloudIngest
 from evc.config import (
     BrokerConfig,
     CloudConfig,
+    DetectorConfig,
     DeviceConfig,
     GatewayConfig,
     OutboxConfig,
+    PublishConfig,
     SimulationConfig,
     StoreConfig,
 )
-from evc.device import SimulationResult, simulate
+from evc.device import PublishMode
+from evc.device.simulate import SimulationResult, simulate
 from evc.gateway import Gateway
 from evc.harness import MosquittoBroker
+from evc.synthetic.sample_model import sample_model_path
 from evc.wire import Kind
 
 SITE = "demo-site"
@@ -115,6 +120,8 @@ def _run(
     device_config = DeviceConfig(
         site=SITE, device_id="cam", fog=BrokerConfig(url=stack.fog.url),
         state_dir=work / "devices", heartbeat_interval_s=2.0,
+        detector=DetectorConfig(model=sample_model_path(), intra_op_threads=1),
+        publish=PublishConfig(mode=PublishMode.ON_CHANGE, keyframe_interval_s=2.0),
         simulate=SimulationConfig(devices=devices, fps=fps, duration_s=duration_s),
     )
     outcome: list[SimulationResult] = []
@@ -146,7 +153,7 @@ def _run(
 
 
 def _published(outcome: list[SimulationResult]) -> int:
-    return outcome[0].frames if outcome else 1 << 62
+    return outcome[0].published if outcome else 1 << 62
 
 
 def _stored_frames(stack: _Stack) -> int:
@@ -176,18 +183,22 @@ def _summary(
         "cameras": result.devices,
         "seconds": round(seconds, 1),
         "cloud_outage_s": round(outage_s, 1),
-        "frames_published": result.frames,
+        "frames_captured": result.frames,
+        "frames_unchanged_not_sent": result.suppressed,
+        "frames_published": result.published,
         "detections_published": result.detections,
+        "inference_ms_p50": round(result.latency_ms(50) or 0.0, 2),
+        "inference_ms_p99": round(result.latency_ms(99) or 0.0, 2),
         "frames_stored": stored_frames,
         "detections_stored": stats.detections,
         "records_stored": stats.records,
         "duplicates_dropped": stats.duplicates,
-        "lost": result.frames - stored_frames,
+        "lost": result.published - stored_frames,
         "gateway_backlog_peak": backlog_peak,
         "device_to_fog_bytes": result.bytes_sent,
         "fog_to_cloud_bytes": int(uplink_bytes),
         "uplink_messages": int(metrics.get_sample_value("evc_gateway_uplink_messages_total") or 0),
-        "bytes_per_detection_uplink": round(uplink_bytes / max(1, result.detections), 2),
+        "uplink_bytes_per_detection": round(uplink_bytes / max(1, result.detections), 2),
     }
 
 

@@ -183,7 +183,7 @@ def _cloud_stats(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from evc.device import simulate
+    from evc.device.simulate import simulate
 
     config = _validated(args, DeviceConfig)
     if not isinstance(config, DeviceConfig):

@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from evc.device.health import InferenceHealth
+from evc.device.reduction import ChangeFilter, PublishMode
 from evc.errors import PayloadTooLargeError
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.mqtt import BrokerAddress, OneToOnePacker, OutboxForwarder, Will
@@ -29,6 +31,27 @@ from evc.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
 log = logging.getLogger(__name__)
 
 HeartbeatFields = Mapping[str, int | float | str | bool | None]
+
+
+class DetectorOutput(Protocol):
+    """What :meth:`Device.publish_frame` needs from a detector (``evc.inference.Detections``)."""
+
+    @property
+    def class_ids(self) -> npt.NDArray[Any]: ...
+    @property
+    def scores(self) -> npt.NDArray[Any]: ...
+    @property
+    def boxes(self) -> npt.NDArray[Any]: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def preprocess_ms(self) -> float: ...
+    @property
+    def inference_ms(self) -> float: ...
+    @property
+    def postprocess_ms(self) -> float: ...
 
 
 class Device:
@@ -47,6 +70,8 @@ class Device:
         max_record_bytes: larger records are refused with :class:`PayloadTooLargeError`; keep
             it at or below the gateway's ``ingest.max_payload_bytes`` and the broker's
             ``max_packet_size``, or one oversized record would block the ones behind it.
+        change_filter: decides which frames :meth:`publish_frame` publishes; the default
+            publishes every frame.
 
     Example::
 
@@ -67,12 +92,15 @@ class Device:
         model_version: str = "unknown",
         heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
         max_record_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        change_filter: ChangeFilter | None = None,
     ) -> None:
         self.device_id = device_id
         self.site = site
         self.model_version = model_version
         self.heartbeat_interval_s = heartbeat_interval_s
         self.max_record_bytes = max_record_bytes
+        self.change_filter = change_filter or ChangeFilter(mode=PublishMode.EVERY_FRAME)
+        self.health = InferenceHealth()
         self.address = (
             broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
         )
@@ -170,6 +198,26 @@ class Device:
         self._enqueue(Channel.DETECTIONS, payload, Priority.DETECTION)
         return IdempotencyKey(self.device_id, self.epoch, seq)
 
+    def publish_frame(
+        self, detections: DetectorOutput, *, model_version: str | None = None
+    ) -> IdempotencyKey | None:
+        """Publish a detector's output for one frame, unless the change filter suppresses it.
+
+        Also records the frame's inference latency for heartbeats. Returns the record's key, or
+        ``None`` when the frame was suppressed (counted in ``change_filter.counts``).
+        """
+        self.health.record(
+            detections.preprocess_ms + detections.inference_ms + detections.postprocess_ms
+        )
+        if not self.change_filter.should_publish(
+            detections.class_ids, detections.boxes, now_s=time.monotonic()
+        ):
+            return None
+        return self.publish_detections(
+            class_ids=detections.class_ids, scores=detections.scores, boxes=detections.boxes,
+            width=detections.width, height=detections.height, model_version=model_version,
+        )
+
     def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
         """Publish a heartbeat now, with the standard fields and any ``fields`` given."""
         seq = self._seq.next()
@@ -178,6 +226,8 @@ class Device:
             "published": self.published,
             "buffered": self.buffered,
             "model": self.model_version,
+            "frames_suppressed": self.change_filter.counts.suppressed,
+            **self.health.fields(),
         }
         if self._heartbeat_fields:
             body.update(self._heartbeat_fields())

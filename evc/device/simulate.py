@@ -1,24 +1,29 @@
-"""Simulated cameras: many devices in one process publishing synthetic detections.
+"""Simulated cameras: many devices publishing what they see, in one process or several.
 
-Used by ``evc device simulate``, the demo, the benchmarks and the integration tests. The
-detections are random but seeded; the on-device vision work replaces them with real inference.
+Used by ``evc device simulate``, the demo, the benchmarks and the integration tests. With a
+detector configured, each camera is a seeded :class:`~evc.synthetic.SyntheticCamera` whose frames
+go through the ONNX detector, exactly as on a real device; without one, cameras publish random
+seeded detections (for load tests that should not spend CPU on inference).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 
 import numpy as np
-import numpy.typing as npt
 
-from evc.config import DeviceConfig
+from evc.config import DetectorConfig, DeviceConfig
 from evc.device.node import Device
-
-FRAME_WIDTH = 640
-FRAME_HEIGHT = 480
+from evc.device.reduction import ChangeFilter
+from evc.device.synthetic import FRAME_HEIGHT, FRAME_WIDTH, synthetic_detections
+from evc.inference import Detections, Detector
+from evc.synthetic import Domain, Frame, SceneConfig, SyntheticCamera
 
 
 @dataclass(slots=True)
@@ -27,20 +32,32 @@ class SimulationResult:
 
     devices: int
     frames: int = 0
+    published: int = 0
+    suppressed: int = 0
     detections: int = 0
     seconds: float = 0.0
     unsent: int = 0
     bytes_sent: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
     keys: list[tuple[str, int, int]] = field(default_factory=list)
 
+    def merge(self, other: SimulationResult) -> None:
+        """Add another part's counts (from another process) to this one."""
+        self.devices += other.devices
+        for name in ("frames", "published", "suppressed", "detections", "unsent", "bytes_sent"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds = max(self.seconds, other.seconds)
+        self.latencies_ms.extend(other.latencies_ms)
+        self.keys.extend(other.keys)
 
-def synthetic_detections(
-    rng: np.random.Generator, count: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Random class ids (0-2), scores and x1, y1, x2, y2 boxes inside a 640x480 frame."""
-    xy = rng.uniform(0, [FRAME_WIDTH - 60, FRAME_HEIGHT - 60], size=(count, 2))
-    wh = rng.uniform(12, 60, size=(count, 2))
-    return rng.integers(0, 3, count), rng.uniform(0.25, 1.0, count), np.hstack([xy, xy + wh])
+    def latency_ms(self, percentile: float) -> float | None:
+        """A percentile of the per-frame inference latency (None without a detector)."""
+        if not self.latencies_ms:
+            return None
+        return float(np.percentile(self.latencies_ms, percentile))
+
+
+FrameSource = Callable[[int], Detections]
 
 
 def simulate(
@@ -53,36 +70,51 @@ def simulate(
     """Run ``config.simulate.devices`` cameras at ``fps`` until the duration passes or ``stop``.
 
     Devices are named ``{device_id}-{n}``. Frames are paced on a shared clock so the total rate
-    is ``devices * fps`` however long each publish takes.
+    is ``devices * fps`` however long each frame takes. With ``simulate.processes`` > 1 the
+    cameras are split over that many processes (``on_frame`` is then not called).
     """
     sim = config.simulate
+    if sim.processes == 1:
+        return _simulate_part(config, range(sim.devices), stop, on_frame, drain_timeout_s)
+    parts = [range(sim.devices)[k :: sim.processes] for k in range(sim.processes)]
+    total = SimulationResult(devices=0)
+    with ProcessPoolExecutor(len(parts), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_simulate_in_child, config, part, drain_timeout_s)
+                   for part in parts if part]
+        for future in futures:
+            total.merge(future.result())
+    return total
+
+
+def _simulate_in_child(
+    config: DeviceConfig, indexes: range, drain_timeout_s: float
+) -> SimulationResult:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return _simulate_part(config, indexes, stop, None, drain_timeout_s)
+
+
+def _simulate_part(
+    config: DeviceConfig,
+    indexes: range,
+    stop: threading.Event | None,
+    on_frame: Callable[[SimulationResult], None] | None,
+    drain_timeout_s: float,
+) -> SimulationResult:
+    sim = config.simulate
     stop = stop or threading.Event()
-    devices = [
-        Device(
-            device_id=f"{config.device_id}-{n}", site=config.site, broker=config.fog.address,
-            state_dir=config.state_dir, buffer_max_bytes=int(config.buffer_max_bytes),
-            heartbeat_interval_s=config.heartbeat_interval_s, model_version=config.model_version,
-        ).start()
-        for n in range(sim.devices)
-    ]
-    rng = np.random.default_rng(sim.seed)
+    devices = [_device(config, n) for n in indexes]
+    sources = _sources(config, indexes)
     result = SimulationResult(devices=len(devices))
     interval = 1.0 / (sim.fps * len(devices))
     started = time.monotonic()
     try:
         while not stop.is_set():
-            elapsed = time.monotonic() - started
-            if sim.duration_s is not None and elapsed >= sim.duration_s:
+            if sim.duration_s is not None and time.monotonic() - started >= sim.duration_s:
                 break
-            device = devices[result.frames % len(devices)]
-            classes, scores, boxes = synthetic_detections(rng, sim.detections_per_frame)
-            key = device.publish_detections(
-                class_ids=classes, scores=scores, boxes=boxes,
-                width=FRAME_WIDTH, height=FRAME_HEIGHT,
-            )
-            result.keys.append((key.origin, key.epoch, key.seq))
-            result.frames += 1
-            result.detections += len(scores)
+            slot = result.frames % len(devices)
+            _publish(devices[slot], sources[slot](result.frames), result, config.detector)
             if on_frame:
                 on_frame(result)
             delay = started + result.frames * interval - time.monotonic()
@@ -93,6 +125,75 @@ def simulate(
         for device in devices:
             device.wait_until_sent(drain_timeout_s)
             result.unsent += device.buffered
+            result.suppressed += device.change_filter.counts.suppressed
             device.close(drain_timeout_s=1.0)
             result.bytes_sent += device.forwarder.counters.bytes_sent
     return result
+
+
+def _publish(
+    device: Device, detections: Detections, result: SimulationResult,
+    detector: DetectorConfig | None,
+) -> None:
+    key = device.publish_frame(detections)
+    result.frames += 1
+    if detector is not None:
+        result.latencies_ms.append(
+            detections.preprocess_ms + detections.inference_ms + detections.postprocess_ms
+        )
+    if key is not None:
+        result.published += 1
+        result.detections += len(detections)
+        result.keys.append((key.origin, key.epoch, key.seq))
+
+
+def _device(config: DeviceConfig, n: int) -> Device:
+    policy = config.publish
+    return Device(
+        device_id=f"{config.device_id}-{n}", site=config.site, broker=config.fog.address,
+        state_dir=config.state_dir, buffer_max_bytes=int(config.buffer_max_bytes),
+        heartbeat_interval_s=config.heartbeat_interval_s, model_version=config.model_version,
+        change_filter=ChangeFilter(
+            mode=policy.mode, iou_threshold=policy.iou_threshold,
+            keyframe_interval_s=policy.keyframe_interval_s,
+        ),
+    ).start()
+
+
+def _sources(config: DeviceConfig, indexes: range) -> list[FrameSource]:
+    sim = config.simulate
+    if config.detector is None:
+        rng = np.random.default_rng(sim.seed + indexes.start)
+        return [_random_source(rng, sim.detections_per_frame) for _ in indexes]
+    detector = Detector(
+        config.detector.model,
+        conf_threshold=config.detector.conf_threshold,
+        iou_threshold=config.detector.iou_threshold,
+        max_detections=config.detector.max_detections,
+        intra_op_threads=config.detector.intra_op_threads,
+        class_names=config.detector.class_names,
+    )
+    scene = SceneConfig(domain=Domain(sim.domain))
+    return [
+        _camera_source(detector, iter(SyntheticCamera(seed=sim.seed + n, config=scene)))
+        for n in indexes
+    ]
+
+
+def _random_source(rng: np.random.Generator, count: int) -> FrameSource:
+    def next_frame(_index: int) -> Detections:
+        classes, scores, boxes = synthetic_detections(rng, count)
+        return Detections(
+            class_ids=classes.astype(np.uint16), scores=scores.astype(np.float32),
+            boxes=boxes.astype(np.float32), width=FRAME_WIDTH, height=FRAME_HEIGHT,
+        )
+
+    return next_frame
+
+
+def _camera_source(detector: Detector, frames: Iterator[Frame]) -> FrameSource:
+    def next_frame(_index: int) -> Detections:
+        frame = next(frames)
+        return detector(frame.image)
+
+    return next_frame
