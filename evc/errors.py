@@ -71,3 +71,43 @@ class OriginMismatchError(WireError):
     """A message names an origin other than the device whose topic it was published on."""
 
     reason = "origin_mismatch"
+
+
+class ModelError(EvcError):
+    """A detection model could not be loaded, or does not look like one EVC can run."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ModelNotFoundError(ModelError):
+    """The model file does not exist or is not a regular file."""
+
+
+class ModelLoadError(ModelError):
+    """The file is not an ONNX model ONNX Runtime can load, or a provider is unavailable."""
+
+
+class ModelInputError(ModelError):
+    """The model's input is not one NCHW float image tensor with three channels."""
+
+
+class ModelOutputError(ModelError):
+    """The model's output is not a YOLO ``[1, 4+classes, anchors]`` detection tensor."""
+
+
+class ModelMetadataError(ModelError):
+    """The model's metadata or the configured class names disagree with the model."""
+
+
+class InferenceError(ModelError):
+    """ONNX Runtime failed while running a loaded model."""
+
+
+class FrameError(EvcError):
+    """A frame given to the detector is not an ``H x W x 3`` uint8 image."""
+
+
+class TrainingError(EvcError):
+    """A model could not be trained, measured, exported or loaded as asked."""
