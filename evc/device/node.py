@@ -111,6 +111,7 @@ class Device:
         self._heartbeat_fields = heartbeat_fields
         self._topics = {ch: str(DeviceTopic(site, device_id, ch)) for ch in Channel}
         self._stop = threading.Event()
+        self._birth_seq = 0
         self.buffer = Outbox(
             Path(state_dir) / f"{device_id}.buffer.db", max_bytes=buffer_max_bytes
         )
@@ -250,17 +251,23 @@ class Device:
 
     # -- birth, death, heartbeat ---------------------------------------------------------------
 
-    def _state(self, state: str) -> bytes:
+    def _state(self, state: str, seq: int | None = None) -> bytes:
         return encode_map(
-            Kind.STATE, origin=self.device_id, epoch=self.epoch, seq=self._seq.next(),
+            Kind.STATE, origin=self.device_id, epoch=self.epoch,
+            seq=self._seq.next() if seq is None else seq,
             ts_ms=now_ms(), fields={"state": state, "model": self.model_version},
         )
 
     def _will(self) -> Will:
+        # The will is fixed when the connection is made, before the birth is published; reserve
+        # the birth's sequence number first so that the death of a connection always sorts
+        # after its birth.
+        self._birth_seq = self._seq.next()
         return Will(self._topics[Channel.STATE], self._state("offline"))
 
     def _publish_birth(self, client: mqtt.Client) -> None:
-        client.publish(self._topics[Channel.STATE], self._state("online"), qos=1, retain=True)
+        birth = self._state("online", seq=self._birth_seq)
+        client.publish(self._topics[Channel.STATE], birth, qos=1, retain=True)
 
     def _chain_disconnect(self, inner: Callable[..., None]) -> Callable[..., None]:
         # Each death must carry a fresh sequence number, or the cloud would drop the second

@@ -88,6 +88,7 @@ class ForwarderCounters:
     records_acked: int = 0
     bytes_sent: int = 0
     resends: int = 0
+    refused: int = 0
 
 
 class OutboxForwarder:
@@ -141,6 +142,7 @@ class OutboxForwarder:
         # Touched only by the forwarder thread.
         self._inflight: dict[int, tuple[Outgoing, float]] = {}
         self._cursors: dict[Priority, int] = {}
+        self._refusing = False
         # From paho's network thread to the forwarder thread: (mid, reason) or _RESET.
         self._events: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -257,11 +259,20 @@ class OutboxForwarder:
         if entry is None:
             return  # a birth, or a late ack from before a reconnect whose rows are resent
         message, sent_at = entry
-        if reason is not None and reason.is_failure:
-            log.warning("broker refused a message on %s: %s", message.topic, reason)
+        if reason is not None and (reason.is_failure or reason.value == _NO_MATCHING_SUBSCRIBERS):
+            # "No matching subscribers" is a success code in MQTT 5, but the broker dropped the
+            # message: nobody was there to receive it (Mosquitto 2.0 does not restore a
+            # persistent shared subscription after a restart until its worker reconnects).
+            # Keep the rows and send them again once someone listens.
+            self.counters.refused += 1
+            if not self._refusing:
+                log.warning("broker did not deliver a message on %s: %s; resending until it does",
+                            message.topic, reason)
+            self._refusing = True
             self._forget_inflight()
             self._stop.wait(1.0)  # do not spin on a broker that keeps refusing
             return
+        self._refusing = False
         self.outbox.ack(message.row_ids)
         self.counters.records_acked += message.records
         if self._on_acked:
@@ -309,3 +320,5 @@ class OutboxForwarder:
 
 # Packet ids are 1..65535, so 0 can mark a disconnect in the event queue.
 _RESET = 0
+# MQTT 5 PUBACK reason 0x10.
+_NO_MATCHING_SUBSCRIBERS = 16
