@@ -41,5 +41,6 @@ def test_sample_device_app_publishes_every_frame(
         client.loop_stop()
         client.disconnect()
     seqs = [decode(frame).seq for frame in frames]
-    assert seqs == sorted(seqs) and len(seqs) == 100
+    assert len(seqs) == 100
+    assert seqs == sorted(seqs)
     assert all(len(detections_from(decode(frame))) == 5 for frame in frames)
