@@ -58,6 +58,7 @@ class Gateway:
             commit=self._commit,
             max_batch=config.ingest.max_batch,
             max_delay_s=config.ingest.max_delay_ms / 1000,
+            mqtt5=config.ingest.protocol == "5",
         )
         self.uplink = OutboxForwarder(
             outbox=self.outbox,

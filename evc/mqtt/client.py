@@ -73,17 +73,26 @@ def new_client(
     will: Will | None = None,
     address: BrokerAddress | None = None,
     max_inflight: int = 100,
+    mqtt5: bool = True,
+    persistent: bool = False,
 ) -> mqtt.Client:
-    """Build an MQTT 5 paho client with TCP_NODELAY, reconnect backoff and an unbounded queue.
+    """Build a paho client with TCP_NODELAY, reconnect backoff and an unbounded queue.
 
     The queue of publishes is bounded by our own in-flight window instead (see
     :class:`evc.mqtt.forwarder.OutboxForwarder`): paho hangs past 65,535 outstanding QoS 1
     messages, and its own queue is not durable anyway.
+
+    Args:
+        mqtt5: speak MQTT 5 (reason codes, Receive Maximum, session expiry); else 3.1.1,
+            which paho parses 2x faster on a busy consumer (no properties per message).
+        persistent: for MQTT 3.1.1, keep the session across reconnects (MQTT 5 decides this
+            in :func:`connect_async`).
     """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv5,
+        protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311,
+        clean_session=None if mqtt5 else not persistent,
         manual_ack=manual_ack,
     )
     client.on_socket_open = _set_nodelay
@@ -110,8 +119,13 @@ def connect_async(
     Args:
         persistent: keep the session (subscriptions and un-acked messages) across disconnects
             and restarts of this process. Needed by every consumer that acks after commit.
-        receive_maximum: how many un-acked QoS 1 messages the broker may send us at once.
+            (An MQTT 3.1.1 client sets this in :func:`new_client`.)
+        receive_maximum: how many un-acked QoS 1 messages the broker may send us at once
+            (MQTT 5; a 3.1.1 client gets the broker's ``max_inflight_messages``).
     """
+    if client.protocol != mqtt.MQTTv5:
+        client.connect_async(address.host, address.port, keepalive=keepalive_s)
+        return
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
     if persistent:
         props.SessionExpiryInterval = session_expiry_s

@@ -304,10 +304,8 @@ class Outbox:
         out: list[StoredRecord] = []
         total = 0
         with self._lock:
-            priorities = [p for (p,) in self._db.execute(
-                "SELECT DISTINCT priority FROM records ORDER BY priority DESC"
-            )]
-            for priority in priorities:
+            # One indexed range scan per class; SELECT DISTINCT would walk the whole index.
+            for priority in sorted(Priority, reverse=True):
                 rows = self._db.execute(
                     "SELECT id, created_ms, topic, payload FROM records"
                     " WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",

@@ -206,23 +206,8 @@ def encode_detections(
 
 def detections_from(envelope: Envelope) -> DetectionFrame:
     """Validate and unpack the body of a detections envelope."""
-    body = envelope.body
-    if envelope.kind is not Kind.DETECTIONS:
-        raise SchemaError(f"expected a detections message, got {envelope.kind.name}")
-    if not isinstance(body, list) or len(body) != 6:
-        raise SchemaError("detections body must be an array of 6 fields")
-    model_version, width, height, classes, scores, boxes = body
-    if not isinstance(model_version, str):
-        raise SchemaError("model_version must be a string")
-    if type(width) is not int or type(height) is not int or width <= 0 or height <= 0:
-        raise SchemaError("frame width and height must be positive integers")
-    if not all(isinstance(part, bytes) for part in (classes, scores, boxes)):
-        raise SchemaError("class ids, scores and boxes must be bin fields")
+    model_version, width, height, classes, scores, boxes = _checked_detections(envelope)
     count = len(scores)
-    if count > MAX_DETECTIONS_PER_FRAME:
-        raise SchemaError(f"{count} detections exceed the limit of {MAX_DETECTIONS_PER_FRAME}")
-    if len(classes) not in (count, 2 * count) or len(boxes) != 8 * count:
-        raise SchemaError("class ids, scores and boxes disagree on the number of detections")
     class_dtype = "<u1" if len(classes) == count else "<u2"
     scale = np.array([width, height, width, height], dtype=np.float32) / _BOX_SCALE
     return DetectionFrame(
@@ -233,6 +218,28 @@ def detections_from(envelope: Envelope) -> DetectionFrame:
         scores=np.frombuffer(scores, dtype="<u1").astype(np.float32) / _SCORE_SCALE,
         boxes=np.frombuffer(boxes, dtype="<u2").reshape(-1, 4).astype(np.float32) * scale,
     )
+
+
+def _checked_detections(envelope: Envelope) -> tuple[str, int, int, bytes, bytes, bytes]:
+    """The fields of a detections body after every type and length check (no arrays built)."""
+    body = envelope.body
+    if envelope.kind is not Kind.DETECTIONS:
+        raise SchemaError(f"expected a detections message, got {envelope.kind.name}")
+    if not isinstance(body, list) or len(body) != 6:
+        raise SchemaError("detections body must be an array of 6 fields")
+    model_version, width, height, classes, scores, boxes = body
+    if not isinstance(model_version, str):
+        raise SchemaError("model_version must be a string")
+    if type(width) is not int or type(height) is not int or width <= 0 or height <= 0:
+        raise SchemaError("frame width and height must be positive integers")
+    if not (type(classes) is bytes and type(scores) is bytes and type(boxes) is bytes):
+        raise SchemaError("class ids, scores and boxes must be bin fields")
+    count = len(scores)
+    if count > MAX_DETECTIONS_PER_FRAME:
+        raise SchemaError(f"{count} detections exceed the limit of {MAX_DETECTIONS_PER_FRAME}")
+    if len(classes) not in (count, 2 * count) or len(boxes) != 8 * count:
+        raise SchemaError("class ids, scores and boxes disagree on the number of detections")
+    return model_version, width, height, classes, scores, boxes
 
 
 # -- heartbeats and states ---------------------------------------------------------------------
@@ -298,7 +305,7 @@ def validate_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) 
     """Decode a device record and validate its body; the check both gateway and cloud apply."""
     envelope = decode(data, max_bytes=max_bytes)
     if envelope.kind is Kind.DETECTIONS:
-        detections_from(envelope)
+        _checked_detections(envelope)
     elif envelope.kind in (Kind.HEARTBEAT, Kind.STATE):
         map_from(envelope)
     elif envelope.kind is Kind.BATCH:
