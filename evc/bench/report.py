@@ -160,7 +160,43 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "uplink_reconnect_s", "s", "Uplink reconnect delay",
         "From the restart of the cloud broker (it answers MQTT) to the gateway's uplink "
-        "being connected again: paho's reconnect back-off (1 s doubling to 10 s) decides it.",
+        "being connected again: paho's reconnect back-off (1 s doubling to 5 s) decides it.",
+    ),
+    Figure(
+        "detector_overhead_ratio", "ratio", "Detector vs raw ONNX Runtime",
+        "Median time of one `Detector` call on the sample model (160x160 input, one ONNX "
+        "Runtime thread) over a synthetic camera's frames, divided by the median time of the "
+        "same work done inline on a bare `InferenceSession` (letterbox, `session.run`, decode, "
+        "NMS, boxes mapped back), the two interleaved frame by frame.",
+        Target("<=", 1.15),
+    ),
+    Figure(
+        "inference_ms_p50", "ms", "Sample model, whole Detector call p50",
+        "Pre-processing + ONNX Runtime + post-processing of one 160x160 synthetic frame, "
+        "median over the run's frames.",
+    ),
+    Figure(
+        "inference_ms_p99", "ms", "Sample model, whole Detector call p99",
+        "As above, 99th percentile.",
+    ),
+    Figure(
+        "preprocess_ms_p50", "ms", "Letterbox 640x480 -> 320x320",
+        "`letterbox` of a 640x480 RGB frame into a 320x320 float32 tensor (nearest "
+        "resampling, the Detector's default), median of repeated calls.",
+        Target("<=", 2),
+    ),
+    Figure(
+        "postprocess_ms_p50", "ms", "Decode + NMS at 320x320, 80 classes",
+        "`postprocess` of a YOLO output `[1, 84, 2100]` (320x320 input, 80 classes) holding "
+        "10 objects with 3 overlapping anchors each over low background scores, "
+        "median of repeated calls.",
+        Target("<=", 2),
+    ),
+    Figure(
+        "sample_model_map50", "mAP", "Sample model accuracy",
+        "mAP@0.5 of the committed sample model through the `Detector` (confidence floor 0.01) "
+        "on independent seeded frames of the base scene that no training run used.",
+        Target(">=", 0.8),
     ),
 )
 FIGURE_KEYS = tuple(figure.key for figure in FIGURES)

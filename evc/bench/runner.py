@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evc.bench import report, scenarios, storage
+from evc.bench import report, scenarios, storage, vision
 from evc.bench.frames import DETECTIONS_PER_FRAME
 from evc.errors import EvcError
 from evc.harness import start_broker
@@ -42,12 +42,16 @@ class Plan:
     warmup_s: float
     outage_s: float
     tail_s: float
+    vision_frames: int
+    map_frames: int
 
 
 QUICK = Plan(rounds=3, mqtt_messages=10_000, outbox_records=40_000, rate=1000.0,
-             latency_s=5.0, warmup_s=1.0, outage_s=4.0, tail_s=6.0)
+             latency_s=5.0, warmup_s=1.0, outage_s=4.0, tail_s=6.0,
+             vision_frames=200, map_frames=100)
 FULL = Plan(rounds=5, mqtt_messages=50_000, outbox_records=200_000, rate=1000.0,
-            latency_s=20.0, warmup_s=1.0, outage_s=10.0, tail_s=12.0)
+            latency_s=20.0, warmup_s=1.0, outage_s=10.0, tail_s=12.0,
+            vision_frames=1000, map_frames=300)
 
 
 class Bench:
@@ -70,6 +74,7 @@ class Bench:
             ("raw MQTT vs gateway", self.throughput),
             ("end-to-end latency", self.latency),
             ("drain after outage", self.drain),
+            ("on-device vision", self.vision),
         ):
             self.console.rule(name, style="dim")
             try:
@@ -171,6 +176,20 @@ class Bench:
         if result.lost:
             self.console.print(f"  [red]{result.lost} acknowledged frames never reached the "
                                "cloud store[/red] (see drain_lost_records)")
+
+    def vision(self) -> None:
+        """Detector cost beside raw ONNX Runtime, latency percentiles, sample model mAP."""
+        with self.console.status("running the sample model on synthetic frames"):
+            figures = vision.measure(
+                frames=self.plan.vision_frames, map_frames=self.plan.map_frames
+            )
+        self.single.update(asdict(figures))
+        self.console.print(
+            f"  Detector / raw session: [bold]{figures.detector_overhead_ratio:.3f}[/bold]; "
+            f"inference p50 {figures.inference_ms_p50:.2f} ms, p99 "
+            f"{figures.inference_ms_p99:.2f} ms; mAP@0.5 "
+            f"[bold]{figures.sample_model_map50:.3f}[/bold]"
+        )
 
     def all_runs(self) -> dict[str, list[float]]:
         """The runs of every repeated figure, derived ones included."""
