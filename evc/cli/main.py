@@ -200,10 +200,15 @@ def _simulate(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"simulate": type(config.simulate)(**merged)})
     _setup_logging("WARNING")
     result = simulate(config, stop=_stop_on_signals())
-    summary = {
-        "devices": result.devices, "frames": result.frames, "detections": result.detections,
+    summary: dict[str, Any] = {
+        "devices": result.devices, "frames": result.frames, "published": result.published,
+        "suppressed": result.suppressed, "detections": result.detections,
         "seconds": round(result.seconds, 3), "unsent": result.unsent,
+        "bytes_sent": result.bytes_sent,
     }
+    if result.latencies_ms:
+        summary["inference_ms_p50"] = round(result.latency_ms(50) or 0.0, 3)
+        summary["inference_ms_p99"] = round(result.latency_ms(99) or 0.0, 3)
     _print(summary, as_json=args.json)
     return EXIT_OK if result.unsent == 0 else EXIT_FAILURE
 

@@ -38,7 +38,7 @@ from evc.config import (
     StoreConfig,
 )
 from evc.device import Device, synthetic_detections
-from evc.device.simulate import FRAME_HEIGHT, FRAME_WIDTH
+from evc.device.synthetic import FRAME_HEIGHT, FRAME_WIDTH
 from evc.gateway import Gateway
 from evc.harness import Broker
 
