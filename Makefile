@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.evc-installed
 
-.PHONY: demo test bench lint typecheck unit integration mosquitto setup clean
+.PHONY: demo test bench lint unit integration mosquitto setup clean
 
 setup: $(INSTALLED) mosquitto
 

@@ -7,19 +7,34 @@ Relative paths are taken relative to the working directory of the process.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from evc.device.reduction import PublishMode
-from evc.errors import ConfigError
+from evc.errors import ConfigError, TopicError
 from evc.mqtt.client import BrokerAddress
 from evc.outbox import DropPolicy
 from evc.wire.topics import validate_name
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class PublishMode(StrEnum):
+    """Which frames a device publishes."""
+
+    EVERY_FRAME = "every_frame"
+    ON_CHANGE = "on_change"
 
 
 class StrictModel(BaseModel):
@@ -31,7 +46,7 @@ class StrictModel(BaseModel):
 def _name(value: str, what: str) -> str:
     try:
         return validate_name(value, what=what)
-    except Exception as exc:
+    except TopicError as exc:
         raise ValueError(str(exc)) from exc
 
 
@@ -151,6 +166,15 @@ class GatewayConfig(StrictModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _name(value, "id")
+
+    @model_validator(mode="after")
+    def _consistent_sizes(self) -> GatewayConfig:
+        if int(self.outbox.max_bytes) < int(self.ingest.max_payload_bytes):
+            raise ValueError(
+                "outbox.max_bytes must be at least ingest.max_payload_bytes, or an accepted "
+                "message could never be stored"
+            )
+        return self
 
 
 class CloudIngestConfig(StrictModel):

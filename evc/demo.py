@@ -165,7 +165,7 @@ def _progress(stack: _Stack, elapsed: float, phase: str) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_row(
         f"[bold]{elapsed:5.1f}s[/] {phase}",
-        f"gateway took {metrics.get_sample_value('evc_gateway_committed_total') or 0:.0f}",
+        f"gateway took {metrics.get_sample_value('evc_gateway_committed_records_total') or 0:.0f}",
         f"backlog {len(stack.gateway.outbox)}",
         f"cloud stored {_stored_frames(stack)} frames",
     )
@@ -197,7 +197,7 @@ def _summary(
         "gateway_backlog_peak": backlog_peak,
         "device_to_fog_bytes": result.bytes_sent,
         "fog_to_cloud_bytes": int(uplink_bytes),
-        "uplink_messages": int(metrics.get_sample_value("evc_gateway_uplink_messages_total") or 0),
+        "uplink_messages": int(metrics.get_sample_value("evc_gateway_uplink_batches_total") or 0),
         "uplink_bytes_per_detection": round(uplink_bytes / max(1, result.detections), 2),
     }
 

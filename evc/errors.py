@@ -55,16 +55,16 @@ class TopicError(WireError):
     reason = "topic"
 
 
+class DeviceNotStartedError(EvcError):
+    """A device was used before it was started."""
+
+
 class OutboxError(EvcError):
     """The SQLite outbox could not complete an operation."""
 
 
 class BrokerError(EvcError):
     """A test-harness broker could not be started, stopped or reached."""
-
-
-class MqttConnectionError(EvcError):
-    """An MQTT connection could not be established or was lost."""
 
 
 class OriginMismatchError(WireError):

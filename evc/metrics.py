@@ -145,22 +145,23 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.received = Counter(
-            "evc_gateway_received_total", "Device messages taken off the fog broker.",
+            "evc_gateway_received_messages_total", "Device messages taken off the fog broker.",
             ["channel"], registry=r,
         )
         self.rejected = Counter(
-            "evc_gateway_rejected_total", "Device messages rejected, by reason.",
+            "evc_gateway_rejected_messages_total", "Device messages rejected, by reason.",
             ["reason"], registry=r,
         )
         self.committed = Counter(
-            "evc_gateway_committed_total", "Device records committed to the outbox.", registry=r
+            "evc_gateway_committed_records_total", "Device records committed to the outbox.",
+            registry=r,
         )
         self.forwarded = Counter(
             "evc_gateway_forwarded_records_total",
             "Records acknowledged by the cloud broker.", registry=r,
         )
         self.uplink_messages = Counter(
-            "evc_gateway_uplink_messages_total", "Batches acknowledged by the cloud broker.",
+            "evc_gateway_uplink_batches_total", "Batches acknowledged by the cloud broker.",
             registry=r,
         )
         self.uplink_bytes = Counter(
@@ -197,11 +198,13 @@ class CloudMetrics:
             "evc_cloud_records_stored_total", "Records newly stored.", registry=r
         )
         self.duplicates = Counter(
-            "evc_cloud_duplicates_total", "Records already stored, dropped by idempotency key.",
+            "evc_cloud_duplicate_records_total",
+            "Records already stored, dropped by idempotency key.",
             registry=r,
         )
         self.rejected = Counter(
-            "evc_cloud_rejected_total", "Batches or records rejected, by reason.", ["reason"],
+            "evc_cloud_rejected_messages_total", "Batches or records rejected, by reason.",
+            ["reason"],
             registry=r,
         )
         self.commit_seconds = Histogram(

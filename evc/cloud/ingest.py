@@ -20,17 +20,10 @@ from evc.errors import SchemaError, WireError
 from evc.metrics import CloudMetrics, MetricsServer, serve
 from evc.mqtt import CommitThenAckConsumer
 from evc.outbox import now_ms
-from evc.wire import Channel, GatewayTopic, Kind, batch_from, decode, gateway_filter
-from evc.wire.codec import Envelope, validate_record
+from evc.wire import Channel, GatewayTopic, batch_from, decode, gateway_filter
+from evc.wire.codec import detection_count, validate_record
 
 log = logging.getLogger(__name__)
-
-
-def _detections_in(envelope: Envelope) -> int:
-    # The scores column holds one byte per detection; no need to unpack the frame.
-    if envelope.kind is Kind.DETECTIONS:
-        return len(envelope.body[4])
-    return 0
 
 
 class CloudIngest:
@@ -125,7 +118,7 @@ class CloudIngest:
                     site=batch.site, origin=envelope.origin, epoch=envelope.epoch,
                     seq=envelope.seq, kind=int(envelope.kind), ts_ms=envelope.ts_ms,
                     stored_ms=stored_ms, gateway=topic.gateway,
-                    detections=_detections_in(envelope), payload=data,
+                    detections=detection_count(envelope), payload=data,
                 )
             )
         return records

@@ -140,19 +140,25 @@ class SqliteRecordStore:
 
     def stats(self) -> StoreStats:
         with self._lock:
-            records, detections = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(detections), 0) FROM records"
-            ).fetchone()
-            row = self._db.execute(
-                "SELECT value FROM counters WHERE name = 'duplicates'"
-            ).fetchone()
-            by_device = {
-                f"{site}/{origin}": count
-                for site, origin, count in self._db.execute(
-                    "SELECT site, origin, COUNT(*) FROM records GROUP BY site, origin"
-                )
-            }
-            by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind"))
+            try:
+                return self._stats()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read store statistics: {exc}") from exc
+
+    def _stats(self) -> StoreStats:
+        records, detections = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(detections), 0) FROM records"
+        ).fetchone()
+        row = self._db.execute(
+            "SELECT value FROM counters WHERE name = 'duplicates'"
+        ).fetchone()
+        by_device = {
+            f"{site}/{origin}": count
+            for site, origin, count in self._db.execute(
+                "SELECT site, origin, COUNT(*) FROM records GROUP BY site, origin"
+            )
+        }
+        by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind"))
         return StoreStats(records, detections, row[0] if row else 0, by_device, by_kind)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ on the network and never loses what it published, within the buffer's byte cap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from evc.device.health import InferenceHealth
 from evc.device.reduction import ChangeFilter, PublishMode
-from evc.errors import PayloadTooLargeError
+from evc.errors import DeviceNotStartedError, PayloadTooLargeError
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.mqtt import BrokerAddress, OneToOnePacker, OutboxForwarder, Will
 from evc.outbox import NewRecord, Outbox, Priority, now_ms
@@ -124,9 +125,7 @@ class Device:
             peek_records=100,
             will=self._will(),
             on_connect=self._publish_birth,
-        )
-        self.forwarder.client.on_disconnect = self._chain_disconnect(
-            self.forwarder.on_disconnect
+            on_disconnect=self._renew_will,
         )
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -269,15 +268,12 @@ class Device:
         birth = self._state("online", seq=self._birth_seq)
         client.publish(self._topics[Channel.STATE], birth, qos=1, retain=True)
 
-    def _chain_disconnect(self, inner: Callable[..., None]) -> Callable[..., None]:
-        # Each death must carry a fresh sequence number, or the cloud would drop the second
-        # death of a boot as a duplicate of the first; paho reads the will on every reconnect.
-        def on_disconnect(client: mqtt.Client, *args: Any) -> None:
-            inner(client, *args)
-            will = self._will()
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-
-        return on_disconnect
+    def _renew_will(self, client: mqtt.Client) -> None:
+        # Each connection's death must carry a fresh sequence number, or the cloud would drop
+        # the second death of a boot as a duplicate of the first; paho sends the will it holds
+        # when it reconnects.
+        will = self._will()
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval_s):
@@ -290,31 +286,69 @@ class Device:
 class AsyncDevice:
     """The same device for asyncio code: ``async with AsyncDevice(...) as device: ...``.
 
-    Publishing only commits to the local buffer (tens of microseconds), so it is done inline;
-    start-up and shutdown, which wait on the network, run in a worker thread.
+    Takes the settings of :class:`Device`. Publishing only commits to the local buffer (tens of
+    microseconds), so it runs inline; start-up and shutdown, which wait on the network and the
+    disk, run in a worker thread.
     """
 
-    def __init__(self, **settings: Any) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        site: str,
+        broker: str | BrokerAddress = "mqtt://127.0.0.1:1883",
+        state_dir: str | Path = "var/device",
+        buffer_max_bytes: int = 64 * 1024 * 1024,
+        heartbeat_interval_s: float = 10.0,
+        model_version: str = "unknown",
+        heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
+        max_record_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        change_filter: ChangeFilter | None = None,
+    ) -> None:
+        self._make = functools.partial(
+            Device, device_id=device_id, site=site, broker=broker, state_dir=state_dir,
+            buffer_max_bytes=buffer_max_bytes, heartbeat_interval_s=heartbeat_interval_s,
+            model_version=model_version, heartbeat_fields=heartbeat_fields,
+            max_record_bytes=max_record_bytes, change_filter=change_filter,
+        )
         self._device: Device | None = None
 
     @property
     def device(self) -> Device:
         """The synchronous device underneath."""
         if self._device is None:
-            raise RuntimeError("AsyncDevice is not started; use `async with`")
+            raise DeviceNotStartedError("AsyncDevice is not started; use `async with`")
         return self._device
 
     async def __aenter__(self) -> AsyncDevice:
-        self._device = await asyncio.to_thread(lambda: Device(**self._settings).start())
+        self._device = await asyncio.to_thread(lambda: self._make().start())
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await asyncio.to_thread(self.device.close)
 
-    async def publish_detections(self, **frame: Any) -> IdempotencyKey:
+    async def publish_detections(
+        self,
+        *,
+        class_ids: npt.ArrayLike,
+        scores: npt.ArrayLike,
+        boxes: npt.ArrayLike,
+        width: int,
+        height: int,
+        model_version: str | None = None,
+        ts_ms: int | None = None,
+    ) -> IdempotencyKey:
         """See :meth:`Device.publish_detections`."""
-        return self.device.publish_detections(**frame)
+        return self.device.publish_detections(
+            class_ids=class_ids, scores=scores, boxes=boxes, width=width, height=height,
+            model_version=model_version, ts_ms=ts_ms,
+        )
+
+    async def publish_frame(
+        self, detections: DetectorOutput, *, model_version: str | None = None
+    ) -> IdempotencyKey | None:
+        """See :meth:`Device.publish_frame`."""
+        return self.device.publish_frame(detections, model_version=model_version)
 
     async def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
         """See :meth:`Device.publish_heartbeat`."""

@@ -10,17 +10,13 @@ fog and the cloud know the scene is still as last reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
+from evc.config import PublishMode
 
-class PublishMode(StrEnum):
-    """Which frames a device publishes."""
-
-    EVERY_FRAME = "every_frame"
-    ON_CHANGE = "on_change"
+__all__ = ["ChangeFilter", "PublishMode", "ReductionCounts", "pairwise_iou"]
 
 
 @dataclass(slots=True)

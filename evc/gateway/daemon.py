@@ -130,18 +130,20 @@ class Gateway:
         max_bytes = int(self.config.ingest.max_payload_bytes)
         for message in messages:
             try:
-                record = admit(message.topic, bytes(message.payload), site=self.config.site,
-                               max_bytes=max_bytes)
+                record, channel = admit(
+                    message.topic, bytes(message.payload), site=self.config.site,
+                    max_bytes=max_bytes,
+                )
             except WireError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 log.debug("rejected a message on %s: %s", message.topic, exc)
                 continue
             records.append(record)
-            self.metrics.received.labels(record.topic.rsplit("/", 1)[-1]).inc()
+            self.metrics.received.labels(channel.value).inc()
         started = time.perf_counter()
-        self.outbox.put(records)
+        stored = self.outbox.put(records)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
-        self.metrics.committed.inc(len(records))
+        self.metrics.committed.inc(stored)
         self.uplink.wake()
 
     # -- uplink --------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ PRIORITY_OF_KIND = {
 }
 
 
-def admit(topic: str, payload: bytes, *, site: str, max_bytes: int) -> NewRecord:
-    """Validate one device message and return the outbox record for it.
+def admit(topic: str, payload: bytes, *, site: str, max_bytes: int) -> tuple[NewRecord, Channel]:
+    """Validate one device message; return its outbox record and the channel it came on.
 
     Raises:
         WireError: a subclass naming why the message was refused.
@@ -43,4 +43,5 @@ def admit(topic: str, payload: bytes, *, site: str, max_bytes: int) -> NewRecord
         raise OriginMismatchError(
             f"origin {envelope.origin!r} published on the topic of device {parsed.device!r}"
         )
-    return NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
+    record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
+    return record, parsed.channel

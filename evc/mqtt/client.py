@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,7 +30,7 @@ class BrokerAddress:
     port: int = 1883
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
 
     @classmethod
@@ -144,7 +144,10 @@ def _apply_credentials(client: mqtt.Client, address: BrokerAddress) -> None:
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
-        context = ssl.create_default_context(cafile=address.ca_file)
+        try:
+            context = ssl.create_default_context(cafile=address.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA file {address.ca_file!r}: {exc}") from exc
         client.tls_set_context(context)
 
 

@@ -109,6 +109,7 @@ class OutboxForwarder:
         peek_bytes: payload bytes read per message, about.
         will: Last Will of the uplink connection.
         on_connect: called after every (re)connect, for birth messages.
+        on_disconnect: called after every disconnect, before paho reconnects (to renew a will).
         on_acked: called with each acknowledged message and its publish-to-ack seconds.
         expire_interval_s: how often TTLs are enforced.
     """
@@ -125,6 +126,7 @@ class OutboxForwarder:
         peek_bytes: int = 256 * 1024,
         will: Will | None = None,
         on_connect: Callable[[mqtt.Client], None] | None = None,
+        on_disconnect: Callable[[mqtt.Client], None] | None = None,
         on_acked: Callable[[Outgoing, float], None] | None = None,
         expire_interval_s: float = 5.0,
     ) -> None:
@@ -138,6 +140,7 @@ class OutboxForwarder:
         self.counters = ForwarderCounters()
         self.connected = threading.Event()
         self._on_connect_hook = on_connect
+        self._on_disconnect_hook = on_disconnect
         self._on_acked = on_acked
         # Touched only by the forwarder thread.
         self._inflight: dict[int, tuple[Outgoing, float]] = {}
@@ -152,7 +155,7 @@ class OutboxForwarder:
         )
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
-        self._client.on_disconnect = self.on_disconnect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
@@ -301,13 +304,15 @@ class OutboxForwarder:
     def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
         log.warning("cannot reach %s; retrying", self.address)
 
-    def on_disconnect(
-        self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    def _on_disconnect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        """paho callback: forget the in-flight window so it is sent again after reconnect."""
+        # The forwarder thread forgets the in-flight window, so it is sent again after reconnect.
         self.connected.clear()
         self._events.put((_RESET, None))
         self._wake.set()
+        if self._on_disconnect_hook:
+            self._on_disconnect_hook(client)
         if not self._stop.is_set():
             log.warning("lost connection to %s (%s); reconnecting", self.address, reason)
 

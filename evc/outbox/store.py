@@ -16,7 +16,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,7 +304,7 @@ class Outbox:
         cursors = after or {}
         out: list[StoredRecord] = []
         total = 0
-        with self._lock:
+        with self._lock, _reading("peek"):
             # One indexed range scan per class; SELECT DISTINCT would walk the whole index.
             for priority in sorted(Priority, reverse=True):
                 rows = self._db.execute(
@@ -322,7 +323,7 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         """Backlog size, age and drop counts."""
-        with self._lock:
+        with self._lock, _reading("stats"):
             count, oldest = self._db.execute(
                 "SELECT COUNT(*), MIN(created_ms) FROM records"
             ).fetchone()
@@ -333,12 +334,12 @@ class Outbox:
 
     def drop_counts(self) -> dict[tuple[str, int], int]:
         """Every drop since the outbox was created, by (reason, priority)."""
-        with self._lock:
+        with self._lock, _reading("drop_counts"):
             rows = self._db.execute("SELECT reason, priority, count FROM drops").fetchall()
         return {(reason, priority): count for reason, priority, count in rows}
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, _reading("count"):
             return self._scalar("SELECT COUNT(*) FROM records")
 
     @property
@@ -368,6 +369,15 @@ class Outbox:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn sqlite3 errors of a read (a closed or vanished database) into OutboxError."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise OutboxError(f"outbox {what} failed: {exc}") from exc
 
 
 class _Transaction:

@@ -220,6 +220,13 @@ def detections_from(envelope: Envelope) -> DetectionFrame:
     )
 
 
+def detection_count(envelope: Envelope) -> int:
+    """How many detections a validated record carries (0 for other kinds), without unpacking."""
+    if envelope.kind is not Kind.DETECTIONS:
+        return 0
+    return len(_checked_detections(envelope)[4])  # one score byte per detection
+
+
 def _checked_detections(envelope: Envelope) -> tuple[str, int, int, bytes, bytes, bytes]:
     """The fields of a detections body after every type and length check (no arrays built)."""
     body = envelope.body

@@ -134,18 +134,20 @@ def start_cloud(stack: ExitStack, config: CloudConfig) -> CloudIngest:
 def received(gateway: Gateway, channel: str) -> float:
     """Device messages of ``channel`` the gateway took off the fog broker."""
     return sample_value(
-        gateway.metrics.registry, "evc_gateway_received_total", {"channel": channel}
+        gateway.metrics.registry, "evc_gateway_received_messages_total", {"channel": channel}
     )
 
 
 def committed(gateway: Gateway) -> float:
-    """Device records the gateway committed to its outbox (or handed to its drop policy)."""
-    return sample_value(gateway.metrics.registry, "evc_gateway_committed_total")
+    """Device records the gateway committed to its outbox (refused ones are counted as drops)."""
+    return sample_value(gateway.metrics.registry, "evc_gateway_committed_records_total")
 
 
 def rejected(gateway: Gateway, reason: str) -> float:
     """Device messages the gateway rejected for ``reason``."""
-    return sample_value(gateway.metrics.registry, "evc_gateway_rejected_total", {"reason": reason})
+    return sample_value(
+        gateway.metrics.registry, "evc_gateway_rejected_messages_total", {"reason": reason}
+    )
 
 
 # -- configs -----------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_bad_device_messages_are_rejected_counted_and_survived(
             sample.value
             for metric in ingest.metrics.rejected.collect()
             for sample in metric.samples
-            if sample.name == "evc_cloud_rejected_total"
+            if sample.name == "evc_cloud_rejected_messages_total"
         ]
         assert sum(cloud_rejections) == 0
 

@@ -146,7 +146,9 @@ def test_cli_gateway_and_cloud_end_to_end(
             for n in range(2)
         ]
         wait_for(
-            lambda: (scraped(gw_port, "evc_gateway_received_total", channel="state") or 0) >= 2,
+            lambda: (
+                scraped(gw_port, "evc_gateway_received_messages_total", channel="state") or 0
+            ) >= 2,
             message="the births of both devices at the gateway",
         )
         for device in devices:
@@ -157,7 +159,7 @@ def test_cli_gateway_and_cloud_end_to_end(
         lambda: len(stored_keys(store_path, site, kind=int(Kind.STATE))) == 4,
         message="two births and two deaths in the cloud store",
     )
-    assert (scraped(gw_port, "evc_gateway_committed_total") or 0) >= 2 * FRAMES + 2
+    assert (scraped(gw_port, "evc_gateway_committed_records_total") or 0) >= 2 * FRAMES + 2
     assert gateway.terminate() == 0, gateway.log()
     assert cloud.terminate() == 0, cloud.log()
 

@@ -13,11 +13,6 @@ from typing import Any
 import msgpack
 import pytest
 import yaml
-
-from evc.harness import Broker
-from evc.synthetic.sample_model import sample_model_path
-from evc.wire import Kind
-
 from conftest import (
     cloud_config,
     gateway_config,
@@ -27,6 +22,10 @@ from conftest import (
     stored_keys,
     wait_for,
 )
+
+from evc.harness import Broker
+from evc.synthetic.sample_model import sample_model_path
+from evc.wire import Kind
 
 SAMPLES = Path(__file__).parents[2] / "samples"
 
