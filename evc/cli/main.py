@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from evc import __version__
 from evc.config import CloudConfig, DeviceConfig, GatewayConfig, load_config
 from evc.errors import ConfigError, EvcError
+from evc.service import Service
 from evc.wire import Kind
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -148,22 +149,25 @@ def _stop_on_signals() -> threading.Event:
 def _gateway_run(args: argparse.Namespace) -> int:
     from evc.gateway import Gateway
 
-    config = _validated(args, GatewayConfig)
-    if not isinstance(config, GatewayConfig):
-        return EXIT_OK
-    _setup_logging(config.log_level)
-    Gateway(config).run_until(_stop_on_signals())
-    return EXIT_OK
+    return _run_daemon(args, GatewayConfig, Gateway)
 
 
 def _cloud_run(args: argparse.Namespace) -> int:
     from evc.cloud import CloudIngest
 
-    config = _validated(args, CloudConfig)
-    if not isinstance(config, CloudConfig):
+    return _run_daemon(args, CloudConfig, CloudIngest)
+
+
+def _run_daemon(
+    args: argparse.Namespace,
+    model: type[GatewayConfig | CloudConfig],
+    daemon: Callable[[Any], Service],
+) -> int:
+    config = _validated(args, model)
+    if not isinstance(config, model):
         return EXIT_OK
     _setup_logging(config.log_level)
-    CloudIngest(config).run_until(_stop_on_signals())
+    daemon(config).run_until(_stop_on_signals())
     return EXIT_OK
 
 

@@ -8,7 +8,6 @@ Records are deduplicated on (site, origin, epoch, seq), so redelivery is harmles
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 
@@ -20,13 +19,14 @@ from evc.errors import SchemaError, WireError
 from evc.metrics import CloudMetrics, MetricsServer, serve
 from evc.mqtt import CommitThenAckConsumer
 from evc.outbox import now_ms
+from evc.service import Service
 from evc.wire import Channel, GatewayTopic, batch_from, decode, gateway_filter
 from evc.wire.codec import detection_count, validate_record
 
 log = logging.getLogger(__name__)
 
 
-class CloudIngest:
+class CloudIngest(Service):
     """A running cloud ingest worker."""
 
     def __init__(
@@ -68,20 +68,6 @@ class CloudIngest:
         if self.metrics_server:
             self.metrics_server.close()
 
-    def run_until(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set."""
-        self.start()
-        try:
-            stop.wait()
-        finally:
-            self.stop()
-
-    def __enter__(self) -> CloudIngest:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     def _commit(self, messages: Sequence[mqtt.MQTTMessage]) -> None:
         records: list[IncomingRecord] = []

@@ -14,7 +14,6 @@ publishes the matching death when it vanishes.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 
@@ -28,12 +27,13 @@ from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
 from evc.mqtt.forwarder import Outgoing
 from evc.outbox import NewRecord, Outbox, now_ms
+from evc.service import Service
 from evc.wire import Channel, GatewayTopic, Kind, device_filter, encode_map
 
 log = logging.getLogger(__name__)
 
 
-class Gateway:
+class Gateway(Service):
     """A running fog gateway. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
 
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics | None = None) -> None:
@@ -95,7 +95,7 @@ class Gateway:
             self.config.fog.address, self.config.cloud.address, len(self.outbox),
         )
 
-    def stop(self, *, drain_timeout_s: float = 0.0) -> None:
+    def stop(self, drain_timeout_s: float = 0.0) -> None:
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
         self.intake.stop()
         self.uplink.wake()
@@ -108,20 +108,6 @@ class Gateway:
             self.metrics_server.close()
         log.info("gateway %s/%s stopped", self.config.site, self.config.gateway_id)
 
-    def run_until(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set (by a signal handler, for example)."""
-        self.start()
-        try:
-            stop.wait()
-        finally:
-            self.stop()
-
-    def __enter__(self) -> Gateway:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     # -- intake --------------------------------------------------------------------------------
 
