@@ -7,9 +7,10 @@ Relative paths are taken relative to the working directory of the process.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -24,10 +25,24 @@ from pydantic import (
 
 from evc.errors import ConfigError, TopicError
 from evc.mqtt.client import BrokerAddress
-from evc.outbox import DropPolicy
+from evc.outbox import DropPolicy, Priority
 from evc.wire.topics import validate_name
 
 Model = TypeVar("Model", bound=BaseModel)
+Value = TypeVar("Value")
+
+# Record classes as config keys, lowest first: the names of evc.outbox.Priority in lower case.
+ClassName = Literal["sample", "detection", "summary", "event", "alert"]
+PositiveSeconds = Annotated[float, Field(gt=0, le=10 * 365 * 24 * 3600.0)]
+
+
+def by_priority(values: Mapping[ClassName, Value]) -> dict[Priority, Value]:
+    """Turn a ``{class name: value}`` config map into a ``{Priority: value}`` map."""
+    return {Priority[name.upper()]: value for name, value in values.items()}
+
+
+# A finite bound keeps deadlines inside SQLite's 64-bit integers (10 years).
+MAX_TTL_S = 10 * 365 * 24 * 3600.0
 
 
 class PublishMode(StrEnum):
@@ -92,7 +107,13 @@ class OutboxConfig(StrictModel):
     ttl_s: float | None = Field(
         7 * 24 * 3600.0,
         gt=0,
+        le=MAX_TTL_S,
         description="Wall-clock time-to-live of a record in seconds; null keeps records forever.",
+    )
+    ttl_s_by_class: dict[ClassName, PositiveSeconds | None] = Field(
+        default_factory=dict,
+        description="Time-to-live per record class (sample, detection, summary, event, alert) "
+        "in seconds, null for no limit; classes left out use ttl_s.",
     )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
@@ -121,7 +142,7 @@ class GatewayIngestConfig(StrictModel):
         5.0, gt=0, le=10_000, description="Commit and ack when the oldest message is this old."
     )
     max_payload_bytes: ByteSize = Field(
-        ByteSize(256 * 1024), description="Device messages larger than this are rejected."
+        ByteSize(256 * 1024), ge=64, description="Device messages larger than this are rejected."
     )
     protocol: Literal["3.1.1", "5"] = Field(
         "3.1.1",
@@ -136,11 +157,52 @@ class ForwardConfig(StrictModel):
 
     batch_max_records: int = Field(500, ge=1, description="Records per uplink message, at most.")
     batch_max_bytes: ByteSize = Field(
-        ByteSize(256 * 1024), description="Record bytes per uplink message, about."
+        ByteSize(256 * 1024),
+        ge=1024,
+        le=15 * 1024 * 1024,
+        description="Record bytes per uplink message, about; keep it under the cloud broker's "
+        "max_packet_size (16 MiB in brokers/) and the cloud's ingest.max_payload_bytes.",
     )
     max_inflight: int = Field(
         16, ge=1, le=1000, description="Uplink messages published and not yet acknowledged."
     )
+    weights_by_class: dict[ClassName, Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+        default_factory=dict,
+        description="Share of the uplink per record class while several wait (deficit round "
+        "robin by bytes); classes left out keep their default (alert 16, event 8, summary 4, "
+        "detection 2, sample 1). Every class with records gets some: none starves.",
+    )
+    compression: Literal["none", "zstd"] = Field(
+        "zstd", description="Compression of uplink batches (the cloud reads both)."
+    )
+    compression_level: int = Field(3, ge=1, le=19, description="zstd level of uplink batches.")
+    max_bytes_per_s: ByteSize | None = Field(
+        None,
+        description="Uplink bandwidth cap in bytes per second (e.g. 256KiB); null: no cap. "
+        "What does not fit waits in the outbox, it is never dropped for it.",
+    )
+    burst_bytes: ByteSize | None = Field(
+        None,
+        description="Bytes the uplink may send at once after an idle period; null: one "
+        "second of max_bytes_per_s, but at least batch_max_bytes.",
+    )
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> ForwardConfig:
+        if self.burst_bytes is not None and self.max_bytes_per_s is None:
+            raise ValueError("forward.burst_bytes needs forward.max_bytes_per_s")
+        if self.max_bytes_per_s is not None and int(self.max_bytes_per_s) <= 0:
+            raise ValueError("forward.max_bytes_per_s must be positive")
+        if self.burst_bytes is not None and int(self.burst_bytes) <= 0:
+            raise ValueError("forward.burst_bytes must be positive")
+        return self
+
+    @property
+    def burst(self) -> int:
+        """The token bucket size (only meaningful with a rate)."""
+        if self.burst_bytes is not None:
+            return int(self.burst_bytes)
+        return max(int(self.max_bytes_per_s or 0), int(self.batch_max_bytes))
 
 
 class GatewayConfig(StrictModel):
@@ -317,7 +379,7 @@ def load_config(path: str | Path, model: type[Model]) -> Model:
     source = Path(path)
     try:
         data = yaml.safe_load(source.read_text()) or {}
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {source}: {exc}", path=str(source)) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} is not valid YAML: {exc}", path=str(source)) from exc

@@ -10,12 +10,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from evc.errors import ConfigError
 from evc.outbox import DropReason, Outbox, Priority, now_ms
@@ -48,6 +50,30 @@ def serve(registry: CollectorRegistry, *, host: str, port: int) -> MetricsServer
     except OSError as exc:
         raise ConfigError(f"metrics endpoint {host}:{port} cannot listen: {exc}") from exc
     return MetricsServer(server, thread)
+
+
+class CallbackCounter(Collector):
+    """A counter whose value another object keeps; read at scrape time.
+
+    For totals that are counted where they happen (``ForwarderCounters``, a consumer's commit
+    failures) by code that should not depend on Prometheus.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, documentation: str,
+        read: Callable[[], float],
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.read: Callable[[], float] = read
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.read())
+
+
+def _zero() -> float:
+    return 0.0
 
 
 class OutboxMetrics:
@@ -168,6 +194,28 @@ class GatewayMetrics:
             "evc_gateway_uplink_bytes_total", "Payload bytes acknowledged by the cloud broker.",
             registry=r,
         )
+        self.uplink_class_bytes = Counter(
+            "evc_gateway_uplink_record_bytes_total",
+            "Record bytes acknowledged by the cloud broker, by priority class, before "
+            "compression.",
+            ["priority"], registry=r,
+        )
+        self.uplink_resends = CallbackCounter(
+            r, "evc_gateway_uplink_resent_batches_total",
+            "Uplink batches sent again after a disconnect or a refusal.", _zero,
+        )
+        self.uplink_refused = CallbackCounter(
+            r, "evc_gateway_uplink_refused_batches_total",
+            "Uplink batches the cloud broker did not deliver (kept and resent).", _zero,
+        )
+        self.uplink_throttled = CallbackCounter(
+            r, "evc_gateway_uplink_throttled_seconds_total",
+            "Time the uplink waited for its bandwidth budget.", _zero,
+        )
+        self.commit_failures = CallbackCounter(
+            r, "evc_gateway_commit_failures_total",
+            "Intake batches whose commit to the outbox failed (retried, not acked).", _zero,
+        )
         self.uplink_ack = Histogram(
             "evc_gateway_uplink_ack_seconds", "Publish-to-PUBACK time of uplink batches.",
             registry=r,
@@ -213,4 +261,8 @@ class CloudMetrics:
         )
         self.connected = Gauge(
             "evc_cloud_connected", "1 while connected to the cloud broker.", registry=r
+        )
+        self.commit_failures = CallbackCounter(
+            r, "evc_cloud_commit_failures_total",
+            "Intake batches whose commit to the store failed (retried, not acked).", _zero,
         )

@@ -49,6 +49,7 @@ class CloudIngest(Service):
             max_delay_s=config.ingest.max_delay_ms / 1000,
         )
         self.metrics.connected.set_function(lambda: float(self.consumer.connected.is_set()))
+        self.metrics.commit_failures.read = lambda: self.consumer.commit_failures
 
     def start(self) -> None:
         """Open the metrics endpoint and start consuming."""
@@ -83,7 +84,10 @@ class CloudIngest(Service):
         max_bytes = int(self.config.ingest.max_payload_bytes)
         try:
             topic = GatewayTopic.parse(message.topic)
-            batch = batch_from(decode(bytes(message.payload), max_bytes=max_bytes))
+            # A compressed batch may unpack to no more than a plain one could carry.
+            batch = batch_from(
+                decode(bytes(message.payload), max_bytes=max_bytes), max_bytes=max_bytes
+            )
             if batch.site != topic.site:
                 raise SchemaError(f"batch of site {batch.site!r} on the topic of {topic.site!r}")
         except WireError as exc:

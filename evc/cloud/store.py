@@ -132,7 +132,9 @@ class SqliteRecordStore:
                         (duplicates,),
                     )
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:
+                # Whatever failed, never leave the transaction open: the next insert would
+                # fail with "cannot start a transaction within a transaction" forever.
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise StoreError(f"insert of {len(rows)} records failed: {exc}") from exc

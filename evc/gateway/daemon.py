@@ -19,16 +19,18 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
-from evc.config import GatewayConfig
+from evc.config import GatewayConfig, by_priority
 from evc.errors import WireError
 from evc.gateway.intake import admit
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
+from evc.mqtt.budget import UplinkBudget
 from evc.mqtt.forwarder import Outgoing
 from evc.outbox import NewRecord, Outbox, now_ms
 from evc.service import Service
 from evc.wire import Channel, GatewayTopic, Kind, device_filter, encode_map
+from evc.wire.codec import BatchEncoding
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class Gateway(Service):
             max_bytes=int(config.outbox.max_bytes),
             policy=config.outbox.drop_policy,
             default_ttl_s=config.outbox.ttl_s,
+            ttl_s_by_priority=by_priority(config.outbox.ttl_s_by_class),
+            weights=by_priority(config.forward.weights_by_class),
             synchronous=config.outbox.synchronous,
             on_drop=self.metrics.outbox.on_drop,
         )
@@ -69,6 +73,12 @@ class Gateway(Service):
                 site=config.site,
                 origin=config.gateway_id,
                 epoch=self.epoch,
+                encoding=(
+                    BatchEncoding.ZSTD
+                    if config.forward.compression == "zstd"
+                    else BatchEncoding.PLAIN
+                ),
+                level=config.forward.compression_level,
             ),
             max_inflight=config.forward.max_inflight,
             peek_records=config.forward.batch_max_records,
@@ -76,10 +86,19 @@ class Gateway(Service):
             will=Will(self._state_topic, self._state_payload("offline")),
             on_connect=self._publish_birth,
             on_acked=self._count_acked,
+            budget=_budget(config),
         )
-        self.metrics.outbox.watch(self.outbox, lambda: self.uplink.counters.records_acked)
+        self._watch_counters()
         self.metrics.fog_connected.set_function(lambda: float(self.intake.connected.is_set()))
         self.metrics.cloud_connected.set_function(lambda: float(self.uplink.connected.is_set()))
+
+    def _watch_counters(self) -> None:
+        counters = self.uplink.counters
+        self.metrics.outbox.watch(self.outbox, lambda: counters.records_acked)
+        self.metrics.uplink_resends.read = lambda: counters.resends
+        self.metrics.uplink_refused.read = lambda: counters.refused
+        self.metrics.uplink_throttled.read = lambda: counters.throttled_s
+        self.metrics.commit_failures.read = lambda: self.intake.commit_failures
 
     def start(self) -> None:
         """Open the metrics endpoint and both connections."""
@@ -149,3 +168,12 @@ class Gateway(Service):
         self.metrics.uplink_messages.inc()
         self.metrics.uplink_bytes.inc(len(message.payload))
         self.metrics.uplink_ack.observe(seconds)
+        for priority, size in message.class_bytes.items():
+            self.metrics.uplink_class_bytes.labels(priority.name.lower()).inc(size)
+
+
+def _budget(config: GatewayConfig) -> UplinkBudget | None:
+    rate = config.forward.max_bytes_per_s
+    if rate is None:
+        return None
+    return UplinkBudget(bytes_per_s=int(rate), burst_bytes=config.forward.burst)

@@ -72,6 +72,7 @@ class CommitThenAckConsumer:
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._unreachable = False
         self._client = new_client(
             client_id=client_id, manual_ack=True, will=will, address=address, mqtt5=mqtt5,
             persistent=True,
@@ -120,12 +121,15 @@ class CommitThenAckConsumer:
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
+        self._unreachable = False
         if self._on_connect_hook:
             self._on_connect_hook(client)
         log.info("connected to %s, subscribed to %s", self.address, self.subscriptions)
 
     def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
-        log.warning("cannot reach %s; retrying", self.address)
+        if not self._unreachable:  # once per outage, not once per attempt
+            log.warning("cannot reach %s; retrying with back-off", self.address)
+        self._unreachable = True
 
     def _on_disconnect(
         self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any

@@ -7,17 +7,20 @@ not acknowledged is sent again, in order, after reconnect (the next hop deduplic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from evc.mqtt.budget import UplinkBudget
 from evc.mqtt.client import BrokerAddress, Will, connect_async, new_client
 from evc.outbox import Outbox, Priority, StoredRecord, now_ms
 from evc.wire import codec
@@ -33,6 +36,15 @@ class Outgoing:
     payload: bytes
     row_ids: list[int]
     records: int
+    # Record payload bytes per class, before any compression (for per-class metrics).
+    class_bytes: Mapping[Priority, int] = field(default_factory=dict)
+
+
+def _class_bytes(rows: Sequence[StoredRecord]) -> dict[Priority, int]:
+    sizes: Counter[Priority] = Counter()
+    for row in rows:
+        sizes[row.priority] += len(row.payload)
+    return dict(sizes)
 
 
 class Packer(Protocol):
@@ -47,7 +59,10 @@ class OneToOnePacker:
     """Each row is one message on its own topic (a device talking to its fog broker)."""
 
     def pack(self, rows: Sequence[StoredRecord]) -> list[Outgoing]:
-        return [Outgoing(row.topic, row.payload, [row.id], 1) for row in rows]
+        return [
+            Outgoing(row.topic, row.payload, [row.id], 1, {row.priority: len(row.payload)})
+            for row in rows
+        ]
 
 
 class BatchPacker:
@@ -58,13 +73,26 @@ class BatchPacker:
         site: the site the records come from.
         origin: the gateway id.
         epoch: the gateway's boot epoch; with ``seq`` it keys each batch.
+        encoding: how the records are packed (``ZSTD`` compresses them as one block).
+        level: zstd compression level.
     """
 
-    def __init__(self, *, topic: str, site: str, origin: str, epoch: int) -> None:
+    def __init__(
+        self,
+        *,
+        topic: str,
+        site: str,
+        origin: str,
+        epoch: int,
+        encoding: codec.BatchEncoding = codec.BatchEncoding.PLAIN,
+        level: int = codec.DEFAULT_ZSTD_LEVEL,
+    ) -> None:
         self.topic = topic
         self.site = site
         self.origin = origin
         self.epoch = epoch
+        self.encoding = encoding
+        self.level = level
         self._seq = 0
 
     def pack(self, rows: Sequence[StoredRecord]) -> list[Outgoing]:
@@ -76,8 +104,12 @@ class BatchPacker:
             ts_ms=now_ms(),
             site=self.site,
             records=[row.payload for row in rows],
+            encoding=self.encoding,
+            level=self.level,
         )
-        return [Outgoing(self.topic, payload, [row.id for row in rows], len(rows))]
+        return [
+            Outgoing(self.topic, payload, [row.id for row in rows], len(rows), _class_bytes(rows))
+        ]
 
 
 @dataclass(slots=True)
@@ -89,6 +121,7 @@ class ForwarderCounters:
     bytes_sent: int = 0
     resends: int = 0
     refused: int = 0
+    throttled_s: float = 0.0
 
 
 class OutboxForwarder:
@@ -112,6 +145,7 @@ class OutboxForwarder:
         on_disconnect: called after every disconnect, before paho reconnects (to renew a will).
         on_acked: called with each acknowledged message and its publish-to-ack seconds.
         expire_interval_s: how often TTLs are enforced.
+        budget: a bandwidth cap; messages wait (in the outbox) until it allows them.
     """
 
     def __init__(
@@ -129,6 +163,7 @@ class OutboxForwarder:
         on_disconnect: Callable[[mqtt.Client], None] | None = None,
         on_acked: Callable[[Outgoing, float], None] | None = None,
         expire_interval_s: float = 5.0,
+        budget: UplinkBudget | None = None,
     ) -> None:
         self.outbox = outbox
         self.address = address
@@ -137,6 +172,7 @@ class OutboxForwarder:
         self.peek_records = peek_records
         self.peek_bytes = peek_bytes
         self.expire_interval_s = expire_interval_s
+        self.budget = budget
         self.counters = ForwarderCounters()
         self.connected = threading.Event()
         self._on_connect_hook = on_connect
@@ -146,6 +182,7 @@ class OutboxForwarder:
         self._inflight: dict[int, tuple[Outgoing, float]] = {}
         self._cursors: dict[Priority, int] = {}
         self._refusing = False
+        self._unreachable = False
         # From paho's network thread to the forwarder thread: (mid, reason) or _RESET.
         self._events: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -208,21 +245,40 @@ class OutboxForwarder:
     def _run(self) -> None:
         next_expiry = 0.0
         while not self._stop.is_set():
-            self._apply_events()
-            if time.monotonic() >= next_expiry:
-                self.outbox.expire()
-                next_expiry = time.monotonic() + self.expire_interval_s
-            if not self.connected.is_set() or len(self._inflight) >= self.max_inflight:
-                self._wait(0.2)
-                continue
             try:
-                sent = self._send_next()
+                next_expiry = self._step(next_expiry)
             except Exception:
-                log.exception("forwarding failed; retrying")
-                sent = False
-            if not sent:
-                self._wait(0.5)
+                # A full disk or a failing database must not end this thread. Rows whose ack
+                # could not be applied are still in the outbox: forget the window so they are
+                # sent again (the next hop deduplicates) once the outbox works again.
+                log.exception("forwarding failed; retrying in 1 s")
+                self._forget_inflight()
+                self._stop.wait(1.0)
+        with contextlib.suppress(Exception):
+            self._apply_events()
+
+    def _step(self, next_expiry: float) -> float:
+        """One turn of the loop: apply acks, expire, send what fits; return the next expiry."""
         self._apply_events()
+        if time.monotonic() >= next_expiry:
+            self.outbox.expire()
+            next_expiry = time.monotonic() + self.expire_interval_s
+        if not self.connected.is_set() or len(self._inflight) >= self.max_inflight:
+            self._wait(0.2)
+        elif not self._throttled() and not self._send_next():
+            self._wait(0.5)
+        return next_expiry
+
+    def _throttled(self) -> bool:
+        """Wait (a little) if the budget holds the next message back; say whether it did."""
+        delay = self.budget.wait_s() if self.budget else 0.0
+        if delay <= 0:
+            return False
+        started = time.monotonic()
+        # Acks keep arriving while we wait; the loop applies them and asks again.
+        self._wait(min(delay, 0.2))
+        self.counters.throttled_s += time.monotonic() - started
+        return True
 
     def _wait(self, timeout: float) -> None:
         if self._events.empty():
@@ -242,6 +298,8 @@ class OutboxForwarder:
             self._inflight[info.mid] = (message, time.monotonic())
             self.counters.messages_sent += 1
             self.counters.bytes_sent += len(message.payload)
+            if self.budget:
+                self.budget.spend(len(message.payload))
         for row in rows:
             self._cursors[row.priority] = max(self._cursors.get(row.priority, 0), row.id)
         return True
@@ -296,13 +354,16 @@ class OutboxForwarder:
             log.warning("connect to %s refused: %s", self.address, reason)
             return
         self.connected.set()
+        self._unreachable = False
         self._wake.set()
         if self._on_connect_hook:
             self._on_connect_hook(client)
         log.info("connected to %s", self.address)
 
     def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
-        log.warning("cannot reach %s; retrying", self.address)
+        if not self._unreachable:  # once per outage, not once per attempt
+            log.warning("cannot reach %s; retrying with back-off", self.address)
+        self._unreachable = True
 
     def _on_disconnect(
         self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any

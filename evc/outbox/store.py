@@ -11,18 +11,20 @@ is short (a single statement or transaction).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from evc.errors import OutboxError
 from evc.outbox.policy import DropPolicy, DropReason, Priority
+from evc.outbox.share import DeficitRoundRobin
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,10 @@ class Outbox:
         max_bytes: cap on the stored records, counted as payload + topic + row overhead.
         policy: what to drop when a new record would pass the cap.
         default_ttl_s: time-to-live of records that do not set one (``None``: no limit).
+        ttl_s_by_priority: per class, the time-to-live of records that do not set one;
+            classes left out use ``default_ttl_s`` (a ``None`` value: no limit).
+        weights: per class, its share of each forwarded batch (see :mod:`evc.outbox.share`);
+            classes left out keep their default weight.
         synchronous: SQLite ``synchronous`` level. ``NORMAL`` survives a killed process;
             ``FULL`` also survives power loss, at the price of an fsync per commit.
         on_drop: called with (reason, priority, count) for every drop, for metrics.
@@ -113,6 +119,8 @@ class Outbox:
         max_bytes: int = 1 << 30,
         policy: DropPolicy = DropPolicy.EVICT_LOWEST_OLDEST,
         default_ttl_s: float | None = None,
+        ttl_s_by_priority: Mapping[Priority, float | None] | None = None,
+        weights: Mapping[Priority, int] | None = None,
         synchronous: str = "NORMAL",
         on_drop: DropListener | None = None,
     ) -> None:
@@ -124,6 +132,8 @@ class Outbox:
         self.max_bytes = max_bytes
         self.policy = policy
         self.default_ttl_s = default_ttl_s
+        self.ttl_s_by_priority = dict(ttl_s_by_priority or {})
+        self._share = DeficitRoundRobin(weights)
         self.moved_aside: Path | None = None
         self._on_drop = on_drop
         self._lock = threading.Lock()
@@ -219,11 +229,15 @@ class Outbox:
             ):
                 refused.append((DropReason.REJECTED, record.priority))
                 continue
-            ttl = record.ttl_s if record.ttl_s is not None else self.default_ttl_s
+            ttl = record.ttl_s if record.ttl_s is not None else self.ttl_for(record.priority)
             expires = now + int(ttl * 1000) if ttl is not None else _NEVER_MS
             rows.append((record.priority, now, expires, size, record.topic, record.payload))
             incoming += size
         return rows, refused
+
+    def ttl_for(self, priority: Priority) -> float | None:
+        """Time-to-live given to records of ``priority`` that do not set their own."""
+        return self.ttl_s_by_priority.get(priority, self.default_ttl_s)
 
     def _evict_over_cap(self) -> list[tuple[DropReason, Priority, int]]:
         """Delete lowest-priority, oldest rows until under the cap (inside a transaction)."""
@@ -293,7 +307,12 @@ class Outbox:
         max_records: int = 500,
         max_bytes: int = 256 * 1024,
     ) -> list[StoredRecord]:
-        """Return the next records to forward: highest priority first, oldest first within one.
+        """Return the next records to forward, shared between the classes by weight.
+
+        Each class with pending records gets about its weight's share of the payload bytes
+        over successive peeks (deficit round robin), so higher classes drain first and no
+        class starves. Within a class records come oldest first; the result is ordered by
+        class, highest first, then by age.
 
         Args:
             after: per priority, the highest id already handed out and not yet acknowledged;
@@ -303,23 +322,32 @@ class Outbox:
         """
         cursors = after or {}
         out: list[StoredRecord] = []
-        total = 0
         with self._lock, _reading("peek"):
-            # One indexed range scan per class; SELECT DISTINCT would walk the whole index.
-            for priority in sorted(Priority, reverse=True):
+            sizes = {
+                priority: self._pending_sizes(priority, cursors.get(priority, 0), max_records + 1)
+                for priority in Priority
+            }
+            counts = self._share.select(sizes, max_records=max_records, max_bytes=max_bytes)
+            for priority in sorted(counts, reverse=True):
                 rows = self._db.execute(
                     "SELECT id, created_ms, topic, payload FROM records"
                     " WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
-                    (priority, cursors.get(Priority(priority), 0), max_records - len(out)),
+                    (priority, cursors.get(priority, 0), counts[priority]),
                 )
-                for row_id, created, topic, payload in rows:
-                    if out and total + len(payload) > max_bytes:
-                        return out
-                    out.append(StoredRecord(row_id, Priority(priority), created, topic, payload))
-                    total += len(payload)
-                if len(out) >= max_records:
-                    break
+                out.extend(
+                    StoredRecord(row_id, priority, created, topic, payload)
+                    for row_id, created, topic, payload in rows
+                )
         return out
+
+    def _pending_sizes(self, priority: Priority, after: int, limit: int) -> list[int]:
+        """Payload sizes of the oldest ``limit`` rows of a class after ``after``."""
+        # One indexed range scan per class; length() of a blob does not read its content.
+        rows = self._db.execute(
+            "SELECT length(payload) FROM records WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
+            (int(priority), after, limit),
+        )
+        return [size for (size,) in rows]
 
     def stats(self) -> OutboxStats:
         """Backlog size, age and drop counts."""
@@ -368,7 +396,11 @@ class Outbox:
                     self._on_drop(reason, priority, count)
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, on_rollback=self._recount_bytes)
+
+    def _recount_bytes(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM records")
 
 
 @contextmanager
@@ -381,10 +413,15 @@ def _reading(what: str) -> Iterator[None]:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error and wrapped in :class:`OutboxError`."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error and wrapped in :class:`OutboxError`.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    After a rollback ``on_rollback`` runs, so that in-memory accounting made inside the
+    transaction (the byte total) is read back from what the database really holds.
+    """
+
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None]) -> None:
         self._db = db
+        self._on_rollback = on_rollback
 
     def __enter__(self) -> None:
         try:
@@ -396,13 +433,20 @@ class _Transaction:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
+                return
             except sqlite3.Error as commit_exc:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise OutboxError(f"commit failed: {commit_exc}") from commit_exc
-        else:
-            self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise OutboxError(f"outbox operation failed: {exc}") from exc
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise OutboxError(f"outbox operation failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (a full disk does that).
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        self._on_rollback()
 
 
 class _CorruptDatabaseError(sqlite3.DatabaseError):

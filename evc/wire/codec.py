@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from evc.errors import (
     MalformedPayloadError,
@@ -32,10 +33,15 @@ from evc.errors import (
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+# Decompressed size of a compressed batch, at most (the guard against zip bombs).
+DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
+DEFAULT_ZSTD_LEVEL = 3
 MAX_DETECTIONS_PER_FRAME = 4096
 _BOX_SCALE = 65535.0
 _SCORE_SCALE = 255.0
-_U64 = 2**64 - 1
+# Key fields and timestamps must fit a signed 64-bit integer: SQLite and PostgreSQL store them
+# as such, and one value past it would make a whole batch unstorable.
+_MAX_INT64 = 2**63 - 1
 
 
 class Kind(IntEnum):
@@ -51,7 +57,8 @@ class Kind(IntEnum):
 class BatchEncoding(IntEnum):
     """How the records of an uplink batch are packed."""
 
-    PLAIN = 0
+    PLAIN = 0  # records: an array of bin, each a device envelope verbatim
+    ZSTD = 1  # records: one bin, zstd(msgpack array of bin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +162,8 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Envelo
     if not isinstance(origin, str) or not origin:
         raise SchemaError("origin must be a non-empty string")
     for name, value in (("epoch", epoch), ("seq", seq), ("ts_ms", ts_ms)):
-        if type(value) is not int or not 0 <= value <= _U64:
-            raise SchemaError(f"{name} must be an unsigned integer")
+        if type(value) is not int or not 0 <= value <= _MAX_INT64:
+            raise SchemaError(f"{name} must be an integer in 0..2**63-1")
     return Envelope(kind, origin, epoch, seq, ts_ms, body)
 
 
@@ -282,15 +289,38 @@ def map_from(envelope: Envelope) -> dict[str, _Scalar]:
 
 
 def encode_batch(
-    *, origin: str, epoch: int, seq: int, ts_ms: int, site: str, records: Sequence[bytes]
+    *,
+    origin: str,
+    epoch: int,
+    seq: int,
+    ts_ms: int,
+    site: str,
+    records: Sequence[bytes],
+    encoding: BatchEncoding = BatchEncoding.PLAIN,
+    level: int = DEFAULT_ZSTD_LEVEL,
 ) -> bytes:
-    """Encode the records a gateway forwards in one upstream message (each record verbatim)."""
-    body = [site, int(BatchEncoding.PLAIN), list(records)]
+    """Encode the records a gateway forwards in one upstream message (each record verbatim).
+
+    With :attr:`BatchEncoding.ZSTD` the array of records is packed and compressed at ``level``
+    into one bin field; the envelope around it stays plain msgpack.
+    """
+    packed: Any = list(records)
+    if encoding is BatchEncoding.ZSTD:
+        inner = msgpack.packb(packed, use_bin_type=True)
+        packed = zstandard.ZstdCompressor(level=level).compress(inner)
+    body = [site, int(encoding), packed]
     return encode(Kind.BATCH, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
 
 
-def batch_from(envelope: Envelope) -> Batch:
-    """Validate and unpack the body of a batch envelope."""
+def batch_from(envelope: Envelope, *, max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> Batch:
+    """Validate and unpack the body of a batch envelope, decompressing it if needed.
+
+    Raises:
+        SchemaError: the body or the records are not of the documented shape.
+        UnknownVersionError: the encoding is not one this build speaks.
+        PayloadTooLargeError: a compressed batch unpacks to more than ``max_bytes``.
+        MalformedPayloadError: a compressed batch is not valid zstd or msgpack.
+    """
     body = envelope.body
     if envelope.kind is not Kind.BATCH:
         raise SchemaError(f"expected a batch, got {envelope.kind.name}")
@@ -301,11 +331,43 @@ def batch_from(envelope: Envelope) -> Batch:
         raise SchemaError("batch site must be a string")
     if type(encoding) is not int:
         raise SchemaError("batch encoding must be an integer")
-    if encoding != BatchEncoding.PLAIN:
+    if encoding == BatchEncoding.ZSTD:
+        if type(records) is not bytes:
+            raise SchemaError("zstd batch records must be one bin field")
+        records = _unpack_records(_decompress(records, max_bytes))
+    elif encoding != BatchEncoding.PLAIN:
         raise UnknownVersionError(f"batch encoding {encoding!r} is not supported")
     if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
         raise SchemaError("batch records must be an array of bin fields")
     return Batch(site, records)
+
+
+def _decompress(data: bytes, max_bytes: int) -> bytes:
+    """Decompress one zstd frame, refusing to produce more than ``max_bytes``."""
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise MalformedPayloadError(f"not a zstd frame: {exc}") from exc
+    if declared > max_bytes:  # -1 when the frame does not declare its size
+        raise PayloadTooLargeError(f"batch declares {declared} bytes, more than {max_bytes}")
+    # Stream instead of trusting the header: a forged size must not decide how much we inflate.
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            while chunk := reader.read(min(1 << 20, max_bytes + 1 - len(out))):
+                out += chunk
+                if len(out) > max_bytes:
+                    raise PayloadTooLargeError(f"batch unpacks to more than {max_bytes} bytes")
+    except zstandard.ZstdError as exc:
+        raise MalformedPayloadError(f"bad zstd batch: {exc}") from exc
+    return bytes(out)
+
+
+def _unpack_records(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise MalformedPayloadError(f"compressed batch is not msgpack: {exc}") from exc
 
 
 def validate_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Envelope:

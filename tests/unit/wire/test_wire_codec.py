@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 
 from evc.errors import (
     MalformedPayloadError,
@@ -28,7 +29,7 @@ from evc.wire import (
     map_from,
     validate_record,
 )
-from evc.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DETECTIONS_PER_FRAME
+from evc.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DETECTIONS_PER_FRAME, BatchEncoding
 
 WIDTH, HEIGHT = 1920, 1080
 HEADER: dict[str, Any] = {"origin": "cam-0001", "epoch": 1_700_000_000, "seq": 42, "ts_ms": 7}
@@ -331,11 +332,19 @@ def test_kind_must_be_an_integer_like_the_version(kind: Any) -> None:
         decode(_envelope(_det_body(), kind=kind))
 
 
-def test_largest_unsigned_header_values_are_accepted() -> None:
-    top = 2**64 - 1
+def test_largest_signed_64_bit_header_values_are_accepted() -> None:
+    top = 2**63 - 1
     envelope = decode(_envelope(_det_body(), epoch=top, seq=top, ts_ms=top))
 
     assert (envelope.epoch, envelope.seq, envelope.ts_ms) == (top, top, top)
+
+
+@pytest.mark.parametrize("field", ["epoch", "seq", "ts_ms"])
+def test_header_values_a_database_cannot_store_are_refused(field: str) -> None:
+    # One such record would make a whole batch unstorable in the cloud (SQLite is int64).
+    values = {"epoch": 1, "seq": 1, "ts_ms": 1, field: 2**63}
+    with pytest.raises(SchemaError):
+        decode(_envelope(_det_body(), **values))
 
 
 # -- size limit --------------------------------------------------------------------------------
@@ -506,7 +515,7 @@ def test_nested_batch_is_refused_as_a_record() -> None:
 
 
 def test_batch_with_unknown_encoding_raises_unknown_version_error() -> None:
-    data = _envelope(["s", 1, []], kind=Kind.BATCH)
+    data = _envelope(["s", 2, []], kind=Kind.BATCH)
 
     with pytest.raises(UnknownVersionError):
         batch_from(decode(data))
@@ -545,3 +554,61 @@ def test_every_wire_error_reason_is_distinct() -> None:
 
     assert len({error.reason for error in errors}) == len(errors)
     assert all(issubclass(error, WireError) for error in errors)
+
+
+# -- compressed batches ------------------------------------------------------------------------
+
+
+def _zstd_batch(records: list[bytes]) -> bytes:
+    return encode_batch(**HEADER, site="s", records=records, encoding=BatchEncoding.ZSTD)
+
+
+def test_zstd_batch_round_trips_records_verbatim_and_is_smaller() -> None:
+    records = [_frame(10) for _ in range(10)]
+    plain = encode_batch(**HEADER, site="s", records=records)
+    packed = _zstd_batch(records)
+
+    assert batch_from(decode(packed)).records == records
+    assert len(packed) < len(plain)
+
+
+def test_stock_msgpack_reads_the_envelope_of_a_zstd_batch() -> None:
+    doc = msgpack.unpackb(_zstd_batch([_frame(1)]))
+
+    assert doc[6][:2] == ["s", int(BatchEncoding.ZSTD)]
+    assert isinstance(doc[6][2], bytes)
+
+
+def test_zstd_batch_that_unpacks_past_the_limit_is_too_large() -> None:
+    bomb = zstandard.ZstdCompressor().compress(msgpack.packb([b"\0" * 100_000]))
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(
+        msgpack.packb([b"\0" * 100_000])
+    )
+
+    for body in (bomb, unsized):
+        with pytest.raises(PayloadTooLargeError):
+            batch_from(decode(_envelope(["s", 1, body], kind=Kind.BATCH)), max_bytes=10_000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not zstd at all", zstandard.ZstdCompressor().compress(b"\xc1 not msgpack")],
+)
+def test_zstd_batch_of_bad_bytes_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedPayloadError):
+        batch_from(decode(_envelope(["s", 1, body], kind=Kind.BATCH)))
+
+
+@pytest.mark.parametrize(
+    "inner", [[b"ok", "not bin"], {"a": b""}, "text"],
+)
+def test_zstd_batch_of_the_wrong_shape_is_a_schema_error(inner: Any) -> None:
+    body = zstandard.ZstdCompressor().compress(msgpack.packb(inner, use_bin_type=True))
+
+    with pytest.raises(SchemaError):
+        batch_from(decode(_envelope(["s", 1, body], kind=Kind.BATCH)))
+
+
+def test_zstd_batch_whose_records_are_not_one_bin_is_a_schema_error() -> None:
+    with pytest.raises(SchemaError):
+        batch_from(decode(_envelope(["s", 1, [b"x"]], kind=Kind.BATCH)))
