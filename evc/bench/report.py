@@ -57,7 +57,8 @@ FIGURES: tuple[Figure, ...] = (
         "raw_mqtt_qos1_msgs_per_s", "msg/s", "Raw MQTT, QoS 1 (baseline)",
         "A plain paho-mqtt 2.x publisher in a child process publishes N messages of 100 bytes "
         "at QoS 1 to one topic on the fog Mosquitto, driving `loop()` itself with at most "
-        "1,000 in flight (the fastest plain-paho pattern in docs/BASELINES). A plain paho "
+        "1,000 in flight (the fastest plain-paho pattern measured on this class of machine). "
+        "A plain paho "
         "subscriber (QoS 1, `loop_start()`) in the benchmark process counts them. The rate is "
         "N / (time of the last arrival - time of the first publish). Runs alternate with the "
         "gateway runs below; the median is reported.",

@@ -3,6 +3,7 @@
 from evc.wire.codec import (
     PROTOCOL_VERSION,
     Batch,
+    BatchEncoding,
     DetectionFrame,
     Envelope,
     IdempotencyKey,
@@ -21,6 +22,7 @@ from evc.wire.topics import Channel, DeviceTopic, GatewayTopic, device_filter, g
 __all__ = [
     "PROTOCOL_VERSION",
     "Batch",
+    "BatchEncoding",
     "Channel",
     "DetectionFrame",
     "DeviceTopic",

@@ -1,6 +1,6 @@
 """Faults on real brokers: outages, SIGKILLed gateways, restarts and a full outbox.
 
-Guarantees under test (docs: PRODUCT.md, "The guarantees"): no accepted record is lost, each is
+Guarantees under test (docs/ARCHITECTURE.md, "Guarantees"): no accepted record is lost, each is
 stored exactly once in the cloud, and a full outbox drops exactly what its policy says, counted.
 """
 
