@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -223,11 +223,30 @@ class GatewayConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Logging level."
     )
+    pipeline: list[Any] = Field(
+        default_factory=list,
+        description="Operators run in order over each detections frame before it is stored, "
+        "each selected by its type (threshold, zones, min_detections, or a registered one); "
+        "empty forwards every record as received.",
+    )
 
     @field_validator("site", "gateway_id")
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _name(value, "id")
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _operators(cls, value: Any) -> Any:
+        # Imported here: the pipeline's configs build on this module's StrictModel.
+        from evc.gateway.pipeline import validate_operators  # noqa: PLC0415
+
+        operators = validate_operators(value)
+        labels = [operator.label for operator in operators]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"operator names must be unique; give each a name: {repeated}")
+        return operators
 
     @model_validator(mode="after")
     def _consistent_sizes(self) -> GatewayConfig:

@@ -164,6 +164,32 @@ def _age_of_oldest(outbox: Outbox) -> Callable[[], float]:
     return age
 
 
+class PipelineMetrics:
+    """What each pipeline operator did to each detections frame (a ``PipelineListener``)."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.frames = Counter(
+            f"{prefix}_pipeline_frames_total",
+            "Detections frames through each pipeline operator, by outcome (passed, changed, "
+            "dropped, error) and reason.",
+            ["operator", "outcome", "reason"],
+            registry=registry,
+        )
+        self.removed = Counter(
+            f"{prefix}_pipeline_detections_removed_total",
+            "Detections removed by each pipeline operator (a dropped frame's all count), by "
+            "outcome.",
+            ["operator", "outcome"],
+            registry=registry,
+        )
+
+    def record(self, operator: str, outcome: str, reason: str, removed: int) -> None:
+        """Count one frame through ``operator``."""
+        self.frames.labels(operator, outcome, reason).inc()
+        if removed:
+            self.removed.labels(operator, outcome).inc(removed)
+
+
 class GatewayMetrics:
     """Everything a fog gateway counts."""
 
@@ -231,6 +257,7 @@ class GatewayMetrics:
             "evc_gateway_fog_connected", "1 while connected to the fog broker.", registry=r
         )
         self.outbox = OutboxMetrics(r, "evc_gateway")
+        self.pipeline = PipelineMetrics(r, "evc_gateway")
 
 
 class CloudMetrics:

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from evc.config import GatewayConfig, by_priority
 from evc.errors import WireError
 from evc.gateway.intake import admit
+from evc.gateway.pipeline import Pipeline, build_pipeline
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
@@ -45,6 +46,11 @@ class Gateway(Service):
         self._state_seq = SequenceCounter()
         self.metrics_server: MetricsServer | None = None
         self._state_topic = str(GatewayTopic(config.site, config.gateway_id, Channel.STATE))
+        # No operators, no pipeline: records are stored as received, with no decode cost.
+        self.pipeline: Pipeline | None = (
+            build_pipeline(config.pipeline, listener=self.metrics.pipeline)
+            if config.pipeline else None
+        )
         self.outbox = Outbox(
             config.outbox.path,
             max_bytes=int(config.outbox.max_bytes),
@@ -137,14 +143,15 @@ class Gateway(Service):
             try:
                 record, channel = admit(
                     message.topic, bytes(message.payload), site=self.config.site,
-                    max_bytes=max_bytes,
+                    max_bytes=max_bytes, pipeline=self.pipeline,
                 )
             except WireError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 log.debug("rejected a message on %s: %s", message.topic, exc)
                 continue
-            records.append(record)
             self.metrics.received.labels(channel.value).inc()
+            if record is not None:  # None: dropped by the pipeline, counted there, still acked
+                records.append(record)
         started = time.perf_counter()
         stored = self.outbox.put(records)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)

@@ -4,11 +4,16 @@ A message is admitted only if its topic is a device topic of this site, its byte
 record of the kind the topic promises, and the envelope's origin is the device the topic names
 (so one device cannot publish records under another's key). Anything else raises a
 :class:`~evc.errors.WireError` whose ``reason`` the gateway counts.
+
+With a pipeline, an admitted detections record then runs through its operators: a changed frame
+is re-encoded under the device's own key and timestamp (so a redelivery still deduplicates), a
+dropped one yields no record. Without one, the device's bytes are stored untouched.
 """
 
 from __future__ import annotations
 
 from evc.errors import OriginMismatchError, SchemaError, TopicError
+from evc.gateway.pipeline import Frame, Pipeline
 from evc.outbox import NewRecord, Priority
 from evc.wire import Channel, DeviceTopic, Kind, validate_record
 
@@ -26,8 +31,13 @@ PRIORITY_OF_KIND = {
 }
 
 
-def admit(topic: str, payload: bytes, *, site: str, max_bytes: int) -> tuple[NewRecord, Channel]:
+def admit(
+    topic: str, payload: bytes, *, site: str, max_bytes: int, pipeline: Pipeline | None = None
+) -> tuple[NewRecord | None, Channel]:
     """Validate one device message; return its outbox record and the channel it came on.
+
+    The record is None when ``pipeline`` dropped the frame (a deliberate drop, counted by the
+    pipeline's listener; the message is still acked).
 
     Raises:
         WireError: a subclass naming why the message was refused.
@@ -43,5 +53,12 @@ def admit(topic: str, payload: bytes, *, site: str, max_bytes: int) -> tuple[New
         raise OriginMismatchError(
             f"origin {envelope.origin!r} published on the topic of device {parsed.device!r}"
         )
+    if pipeline is not None and envelope.kind is Kind.DETECTIONS:
+        frame = Frame.from_envelope(envelope)
+        result = pipeline(frame)
+        if result is None:
+            return None, parsed.channel
+        if result is not frame:
+            payload = result.encode()
     record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
     return record, parsed.channel

@@ -1,0 +1,133 @@
+"""The pieces every pipeline operator is made of: the frame it sees, its config and ``Drop``.
+
+An operator is a small callable object built from its config. It takes a :class:`Frame` and
+either returns it (the same object when nothing changed, a smaller one made with
+:meth:`Frame.select` when it removed detections) or raises :class:`Drop` to discard the whole
+frame, like faust's ``Skip``. A dropped frame is never forwarded, but its message is still acked:
+the drop is deliberate and counted, not a failure to retry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from evc.config import StrictModel
+from evc.errors import EvcError
+from evc.wire import Envelope
+from evc.wire.codec import detections_from, encode_detections
+
+Outcome = Literal["passed", "changed", "dropped", "error"]
+
+
+class Drop(EvcError):  # noqa: N818 -- a control-flow signal like faust's Skip, not a failure
+    """Raised by an operator to discard the whole frame; ``reason`` labels the drop count."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded detections record: the envelope header and its detections as numpy columns.
+
+    ``origin`` is the device id (the gateway has checked it against the topic). Boxes are
+    ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame.
+    """
+
+    origin: str
+    epoch: int
+    seq: int
+    ts_ms: int
+    model_version: str
+    width: int
+    height: int
+    class_ids: npt.NDArray[np.uint16]
+    scores: npt.NDArray[np.float32]
+    boxes: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Frame:
+        """Unpack a validated detections envelope."""
+        det = detections_from(envelope)
+        return cls(
+            origin=envelope.origin, epoch=envelope.epoch, seq=envelope.seq,
+            ts_ms=envelope.ts_ms, model_version=det.model_version, width=det.width,
+            height=det.height, class_ids=det.class_ids, scores=det.scores, boxes=det.boxes,
+        )
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> Frame:
+        """The frame with only the detections where ``keep`` is true (``self`` if all are)."""
+        if bool(keep.all()):
+            return self
+        return replace(
+            self, class_ids=self.class_ids[keep], scores=self.scores[keep], boxes=self.boxes[keep]
+        )
+
+    def centres(self) -> npt.NDArray[np.float32]:
+        """Box centres as an ``(n, 2)`` array of ``x, y`` pixels."""
+        return ((self.boxes[:, :2] + self.boxes[:, 2:]) / 2).astype(np.float32, copy=False)
+
+    def encode(self) -> bytes:
+        """The record again, under the device's own idempotency key and timestamp."""
+        return encode_detections(
+            origin=self.origin, epoch=self.epoch, seq=self.seq, ts_ms=self.ts_ms,
+            model_version=self.model_version, width=self.width, height=self.height,
+            class_ids=self.class_ids, scores=self.scores, boxes=self.boxes,
+        )
+
+
+class OperatorConfig(StrictModel):
+    """Base of every operator config; a subclass adds ``type: Literal["its-name"]``."""
+
+    name: str | None = Field(
+        None,
+        description="Label of this operator in metrics; defaults to its type. Must be unique "
+        "in the pipeline.",
+    )
+
+    @property
+    def label(self) -> str:
+        """The operator's name in metrics."""
+        name = self.name or getattr(self, "type", None)
+        return str(name or type(self).__name__)
+
+
+ConfigT = TypeVar("ConfigT", bound=OperatorConfig)
+
+
+class Operator(ABC, Generic[ConfigT]):
+    """One pipeline stage, built from its config.
+
+    ``reason`` labels the frames this operator changes (removes detections from).
+    """
+
+    reason: ClassVar[str] = "filtered"
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """The operator's label in metrics."""
+        return self.config.label
+
+    @abstractmethod
+    def __call__(self, frame: Frame) -> Frame:
+        """Return ``frame``, a smaller frame, or raise :class:`Drop`."""
+
+
+class PipelineListener(Protocol):
+    """Receives what each operator did to each frame (``evc.metrics.PipelineMetrics``)."""
+
+    def record(self, operator: str, outcome: Outcome, reason: str, removed: int) -> None:
+        """Count one frame through ``operator``; ``removed`` detections were taken out."""
