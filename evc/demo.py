@@ -144,7 +144,8 @@ def _run(
             backlog_peak = max(backlog_peak, len(stack.gateway.outbox))
             live.update(_progress(stack, elapsed, phase))
             if not console.is_terminal and int(elapsed * 4) % 8 == 0:
-                console.print(_progress(stack, elapsed, phase))  # a line every ~2 s in logs
+                # Without a terminal Live shows nothing: a plain line every ~2 s instead.
+                console.print(_progress_line(stack, elapsed, phase), soft_wrap=True)
             if stop.is_set() or elapsed > duration_s + outage_s + 60:
                 break
             time.sleep(0.25)
@@ -158,6 +159,16 @@ def _published(outcome: list[SimulationResult]) -> int:
 
 def _stored_frames(stack: _Stack) -> int:
     return stack.cloud.store.stats().by_kind.get(int(Kind.DETECTIONS), 0)
+
+
+def _progress_line(stack: _Stack, elapsed: float, phase: str) -> str:
+    committed = stack.gateway.metrics.registry.get_sample_value(
+        "evc_gateway_committed_records_total"
+    ) or 0
+    return (
+        f"{elapsed:5.1f}s {phase}: gateway took {committed:.0f}, "
+        f"backlog {len(stack.gateway.outbox)}, cloud stored {_stored_frames(stack)} frames"
+    )
 
 
 def _progress(stack: _Stack, elapsed: float, phase: str) -> Table:
