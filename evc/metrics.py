@@ -182,12 +182,23 @@ class PipelineMetrics:
             ["operator", "outcome"],
             registry=registry,
         )
+        self.events = Counter(
+            f"{prefix}_pipeline_events_total",
+            "Object events (appeared, moved, left) emitted by the pipeline's operators, by type.",
+            ["type"],
+            registry=registry,
+        )
 
     def record(self, operator: str, outcome: str, reason: str, removed: int) -> None:
         """Count one frame through ``operator``."""
         self.frames.labels(operator, outcome, reason).inc()
         if removed:
             self.removed.labels(operator, outcome).inc(removed)
+
+    def record_events(self, operator: str, event_type: str, count: int) -> None:
+        """Count object events emitted by ``operator`` (labelled by type only)."""
+        del operator  # one tracker per pipeline in practice; keep the series few
+        self.events.labels(event_type).inc(count)
 
 
 class GatewayMetrics:
@@ -258,6 +269,11 @@ class GatewayMetrics:
         )
         self.outbox = OutboxMetrics(r, "evc_gateway")
         self.pipeline = PipelineMetrics(r, "evc_gateway")
+        self.config_updates = Counter(
+            "evc_gateway_config_updates_total",
+            "Pipeline configs pushed on the command topic, by result (applied, rejected, stale).",
+            ["result"], registry=r,
+        )
 
 
 class CloudMetrics:

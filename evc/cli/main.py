@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = _group(groups, "gateway", "Run the fog gateway daemon.")
     run = _command(gateway, "run", "Run a gateway until SIGINT/SIGTERM.", _gateway_run)
     _config_options(run)
+    _configure_options(gateway)
 
     cloud = _group(groups, "cloud", "Run and inspect cloud ingest.")
     run = _command(cloud, "run", "Run a cloud ingest worker until SIGINT/SIGTERM.", _cloud_run)
@@ -122,6 +123,26 @@ def _config_options(parser: argparse.ArgumentParser, *, validate: bool = True) -
         )
 
 
+def _configure_options(gateway: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    configure = _command(
+        gateway, "configure", "Push a pipeline to a running gateway and wait for its reply.",
+        _gateway_configure,
+    )
+    configure.add_argument("--cloud", required=True, help="Cloud broker URL (mqtt://host:port).")
+    configure.add_argument("--site", required=True, help="The gateway's site.")
+    configure.add_argument("--gateway", required=True, help="The gateway id.")
+    configure.add_argument(
+        "--pipeline", type=Path, required=True,
+        help="YAML file: a list of operators, or a mapping with a pipeline: key.",
+    )
+    configure.add_argument(
+        "--version", type=int, required=True, dest="config_version", metavar="N",
+        help="Config version; must exceed the gateway's active one to be applied.",
+    )
+    configure.add_argument("--timeout", type=float, default=10.0, help="Seconds (default 10).")
+    configure.add_argument("--json", action="store_true", help="Print the reply as JSON.")
+
+
 # -- handlers ----------------------------------------------------------------------------------
 
 
@@ -150,6 +171,45 @@ def _gateway_run(args: argparse.Namespace) -> int:
     from evc.gateway import Gateway
 
     return _run_daemon(args, GatewayConfig, Gateway)
+
+
+def _gateway_configure(args: argparse.Namespace) -> int:
+    from evc.gateway.commands import push_pipeline
+    from evc.mqtt.client import BrokerAddress
+    from evc.wire.topics import validate_name
+
+    try:
+        validate_name(args.site, what="site")
+        validate_name(args.gateway, what="gateway id")
+    except EvcError as exc:
+        raise ConfigError(str(exc)) from exc
+    reply = push_pipeline(
+        address=BrokerAddress.from_url(args.cloud), site=args.site, gateway=args.gateway,
+        version=args.config_version, pipeline=_read_pipeline(args.pipeline),
+        timeout_s=args.timeout,
+    )
+    summary = asdict(reply)
+    if args.json:
+        _print(summary, as_json=True)
+    else:
+        print(f"version {reply.version}: {reply.result} (active version {reply.active_version})")
+        for error in reply.errors:
+            print(f"  {error.path or '(top level)'}: {error.message}")
+    return EXIT_OK if reply.applied else EXIT_FAILURE
+
+
+def _read_pipeline(path: Path) -> list[Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the pipeline {path}: {exc}", path=str(path)) from exc
+    if isinstance(data, dict):
+        data = data.get("pipeline")
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list of operators or a pipeline: key")
+    return data
 
 
 def _cloud_run(args: argparse.Namespace) -> int:

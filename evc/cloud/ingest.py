@@ -2,7 +2,7 @@
 
 Workers share the uplink stream through an MQTT 5 shared subscription, commit each batch of
 uplink messages to the store in one transaction, and acknowledge only after that commit.
-Records are deduplicated on (site, origin, epoch, seq), so redelivery is harmless.
+Records are deduplicated on (site, origin, epoch, seq, kind), so redelivery is harmless.
 """
 
 from __future__ import annotations

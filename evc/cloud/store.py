@@ -1,8 +1,11 @@
-"""Record stores of the cloud: exactly-once storage keyed by the idempotency key.
+"""Record stores of the cloud: exactly-once storage keyed by the idempotency key and kind.
 
 :class:`RecordStore` is the interface every backend implements (a PostgreSQL one will follow);
 :class:`SqliteRecordStore` is the first. Inserting the same key twice stores it once and counts
 the second as a duplicate, in the same transaction, so a redelivered batch is harmless.
+
+A record is keyed by ``(site, origin, epoch, seq, kind)``: the EVENT record a gateway derives
+from a frame carries that frame's ``(origin, epoch, seq)``, so both are stored side by side.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ CREATE TABLE IF NOT EXISTS records (
     gateway TEXT NOT NULL,
     detections INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    PRIMARY KEY (site, origin, epoch, seq)
+    PRIMARY KEY (site, origin, epoch, seq, kind)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
+_PRIMARY_KEY = ("site", "origin", "epoch", "seq", "kind")
 
 
 class StoreError(EvcError):
@@ -105,8 +109,23 @@ class SqliteRecordStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
+            key = self._primary_key()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open record store {self.path}: {exc}") from exc
+        if key != _PRIMARY_KEY:
+            self._db.close()
+            raise StoreError(
+                f"record store {self.path} keys records by {', '.join(key)}, not by "
+                f"{', '.join(_PRIMARY_KEY)}: it predates EVENT records. Move it aside (a new "
+                "file gets the new schema) and, to keep its records, copy every row of its "
+                "records table into the new file's"
+            )
+
+    def _primary_key(self) -> tuple[str, ...]:
+        """The records table's primary key columns, in key order."""
+        rows = self._db.execute("PRAGMA table_info(records)").fetchall()
+        # Row: (cid, name, type, notnull, default, pk); pk is the 1-based position in the key.
+        return tuple(str(row[1]) for row in sorted(rows, key=lambda row: row[5]) if row[5])
 
     def insert(self, records: Sequence[IncomingRecord]) -> InsertResult:
         if not records:

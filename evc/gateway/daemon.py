@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from evc.config import GatewayConfig, by_priority
 from evc.errors import WireError
+from evc.gateway.commands import PipelineCommands
 from evc.gateway.intake import admit
 from evc.gateway.pipeline import Pipeline, build_pipeline
 from evc.identity import SequenceCounter, next_boot_epoch
@@ -50,6 +51,10 @@ class Gateway(Service):
         self.pipeline: Pipeline | None = (
             build_pipeline(config.pipeline, listener=self.metrics.pipeline)
             if config.pipeline else None
+        )
+        # A pipeline pushed by the cloud (and saved in state_dir) replaces the YAML's.
+        self.commands = PipelineCommands(
+            config=config, metrics=self.metrics, install=self._install_pipeline
         )
         self.outbox = Outbox(
             config.outbox.path,
@@ -114,6 +119,7 @@ class Gateway(Service):
             )
         self.uplink.start()
         self.intake.start()
+        self.commands.start()
         log.info(
             "gateway %s/%s up (epoch %d): fog %s -> cloud %s, backlog %d records",
             self.config.site, self.config.gateway_id, self.epoch,
@@ -122,6 +128,7 @@ class Gateway(Service):
 
     def stop(self, drain_timeout_s: float = 0.0) -> None:
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
+        self.commands.stop()
         self.intake.stop()
         self.uplink.wake()
         self.uplink.stop(
@@ -139,24 +146,30 @@ class Gateway(Service):
     def _commit(self, messages: Sequence[mqtt.MQTTMessage]) -> None:
         records: list[NewRecord] = []
         max_bytes = int(self.config.ingest.max_payload_bytes)
+        pipeline = self.pipeline  # read once: a pushed config swaps it between batches only
         for message in messages:
             try:
-                record, channel = admit(
+                admitted, channel = admit(
                     message.topic, bytes(message.payload), site=self.config.site,
-                    max_bytes=max_bytes, pipeline=self.pipeline,
+                    max_bytes=max_bytes, pipeline=pipeline,
                 )
             except WireError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 log.debug("rejected a message on %s: %s", message.topic, exc)
                 continue
             self.metrics.received.labels(channel.value).inc()
-            if record is not None:  # None: dropped by the pipeline, counted there, still acked
-                records.append(record)
+            # Nothing for a frame the pipeline dropped (counted there, still acked); plus an
+            # EVENT record for the events an operator derived from the frame.
+            records.extend(admitted)
         started = time.perf_counter()
         stored = self.outbox.put(records)
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.committed.inc(stored)
         self.uplink.wake()
+
+    def _install_pipeline(self, pipeline: Pipeline | None) -> None:
+        # One attribute assignment, read once per batch by _commit: no lock needed.
+        self.pipeline = pipeline
 
     # -- uplink --------------------------------------------------------------------------------
 

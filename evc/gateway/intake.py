@@ -7,7 +7,9 @@ record of the kind the topic promises, and the envelope's origin is the device t
 
 With a pipeline, an admitted detections record then runs through its operators: a changed frame
 is re-encoded under the device's own key and timestamp (so a redelivery still deduplicates), a
-dropped one yields no record. Without one, the device's bytes are stored untouched.
+dropped one yields no record. Object events an operator derived from the frame (``track``) become
+one EVENT record under the same key, stored even when the frame itself is dropped. Without a
+pipeline, the device's bytes are stored untouched.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ PRIORITY_OF_KIND = {
     Kind.HEARTBEAT: Priority.SUMMARY,
     Kind.STATE: Priority.EVENT,
     Kind.SAMPLE: Priority.SAMPLE,
+    Kind.EVENT: Priority.EVENT,
 }
 
 
 def admit(
     topic: str, payload: bytes, *, site: str, max_bytes: int, pipeline: Pipeline | None = None
-) -> tuple[NewRecord | None, Channel]:
-    """Validate one device message; return its outbox record and the channel it came on.
+) -> tuple[list[NewRecord], Channel]:
+    """Validate one device message; return its outbox records and the channel it came on.
 
-    The record is None when ``pipeline`` dropped the frame (a deliberate drop, counted by the
-    pipeline's listener; the message is still acked).
+    The records are the message's own (none when ``pipeline`` dropped the frame: a deliberate
+    drop, counted by the pipeline's listener; the message is still acked), then the EVENT record
+    of the frame's events, if an operator derived any.
 
     Raises:
         WireError: a subclass naming why the message was refused.
@@ -53,12 +57,21 @@ def admit(
         raise OriginMismatchError(
             f"origin {envelope.origin!r} published on the topic of device {parsed.device!r}"
         )
-    if pipeline is not None and envelope.kind is Kind.DETECTIONS:
-        frame = Frame.from_envelope(envelope)
-        result = pipeline(frame)
-        if result is None:
-            return None, parsed.channel
-        if result is not frame:
-            payload = result.encode()
-    record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
-    return record, parsed.channel
+    if pipeline is None or envelope.kind is not Kind.DETECTIONS:
+        record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
+        return [record], parsed.channel
+    frame = Frame.from_envelope(envelope)
+    result = pipeline.run(frame)
+    records = []
+    if result.frame is not None:
+        # Events alone leave the detections as they came: keep the device's bytes.
+        same = result.frame.boxes is frame.boxes
+        records.append(NewRecord(
+            topic=topic, payload=payload if same else result.frame.encode(),
+            priority=Priority.DETECTION,
+        ))
+    if result.events is not None:
+        # On the device's detections topic: no device can publish an EVENT there (the kind
+        # must match the channel), so the gateway is its only author.
+        records.append(NewRecord(topic=topic, payload=result.events, priority=Priority.EVENT))
+    return records, parsed.channel

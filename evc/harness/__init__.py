@@ -19,19 +19,31 @@ from evc.harness.broker import (
     start_broker,
     templates_dir,
 )
+from evc.harness.security import (
+    BrokerSecurity,
+    TlsFiles,
+    render_cloud_acl,
+    render_fog_acl,
+    write_password_file,
+)
 
 __all__ = [
     "INSTALL_HINT",
     "LOOPBACK",
     "Broker",
+    "BrokerSecurity",
     "MosquittoBroker",
     "Tier",
+    "TlsFiles",
     "create_broker",
     "find_mosquitto",
     "free_port",
     "mqtt_handshake",
     "port_is_free",
+    "render_cloud_acl",
     "render_config",
+    "render_fog_acl",
     "start_broker",
     "templates_dir",
+    "write_password_file",
 ]

@@ -11,24 +11,29 @@ from __future__ import annotations
 import abc
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from string import Template
 from types import TracebackType
 from typing import Literal, Self
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from evc.errors import BrokerError
+from evc.harness.security import BrokerSecurity, write_password_file
 
 Tier = Literal["fog", "cloud"]
 
@@ -42,6 +47,9 @@ _START_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 10.0
 _POLL_SECONDS = 0.05
 _PORT_ATTEMPTS = 3
+# The user the harness itself connects as to see whether a secure broker is up; the ACL grants
+# it nothing of its own.
+_PROBE_USER = "evc-harness-probe"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -94,6 +102,7 @@ def render_config(
     log_file: str,
     bind_address: str = LOOPBACK,
     user: str | None = None,
+    secure_values: Mapping[str, str] | None = None,
 ) -> str:
     """Render the config template of ``tier``.
 
@@ -104,12 +113,16 @@ def render_config(
         log_file: Log file path, as the broker sees it.
         bind_address: Address of the listener; loopback unless inside a container.
         user: User the broker keeps when started as root; defaults to the effective user.
+        secure_values: Render ``<tier>-secure.conf.template`` instead, with these extra values
+            (password_file, acl_file, tls, cafile, certfile, keyfile).
 
     Raises:
         BrokerError: The template is missing or has a placeholder this function does not fill.
     """
-    template = templates_dir() / f"{tier}.conf.template"
+    name = f"{tier}-secure" if secure_values is not None else tier
+    template = templates_dir() / f"{name}.conf.template"
     values = {
+        **(secure_values or {}),
         "port": str(port),
         "bind_address": bind_address,
         "data_dir": data_dir.rstrip("/"),
@@ -137,13 +150,27 @@ def effective_user() -> str:
         return "mosquitto"
 
 
-def mqtt_handshake(host: str, port: int, *, timeout: float) -> bool:
-    """Return True if an MQTT CONNECT to ``host:port`` gets a successful CONNACK in time."""
+def mqtt_handshake(
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    credentials: tuple[str, str] | None = None,
+    ca_file: Path | None = None,
+) -> bool:
+    """Return True if an MQTT CONNECT to ``host:port`` gets a successful CONNACK in time.
+
+    ``credentials`` (username, password) and ``ca_file`` (TLS) are for secure brokers.
+    """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"evc-harness-probe-{uuid.uuid4().hex[:12]}",
         clean_session=True,
     )
+    if credentials is not None:
+        client.username_pw_set(*credentials)
+    if ca_file is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
     client.connect_timeout = timeout
     deadline = time.monotonic() + timeout
     try:
@@ -245,7 +272,7 @@ class Broker(abc.ABC):
 
     def ping(self, *, timeout: float = 1.0) -> bool:
         """Return True if the broker answers an MQTT CONNECT within ``timeout`` seconds."""
-        return self.running and mqtt_handshake(self.host, self.port, timeout=timeout)
+        return self.running and self._handshake(timeout)
 
     def restart(self) -> None:
         """Stop gracefully if running, then start again on the same port with the same data."""
@@ -278,10 +305,13 @@ class Broker(abc.ABC):
         while time.monotonic() < deadline:
             if not self.running:
                 raise BrokerError(self._failure("exited during startup"))
-            if mqtt_handshake(self.host, self._port, timeout=1.0):
+            if self._handshake(1.0):
                 return
             time.sleep(_POLL_SECONDS)
         raise BrokerError(self._failure(f"did not answer MQTT within {timeout} s"))
+
+    def _handshake(self, timeout: float) -> bool:
+        return mqtt_handshake(self.host, self._port, timeout=timeout)
 
     def _failure(self, what: str) -> str:
         return (
@@ -326,6 +356,8 @@ class MosquittoBroker(Broker):
             by :meth:`close`, if None; a directory you pass is kept.
         port: TCP port on 127.0.0.1; a free one if None.
         binary: Path of the ``mosquitto`` executable; looked up on PATH and in /usr/sbin if None.
+        security: Users, ACL and optionally TLS: renders ``<tier>-secure.conf.template``
+            (no anonymous clients). The default is the open loopback config of the tier.
 
     Raises:
         BrokerError: Mosquitto is not installed.
@@ -338,6 +370,7 @@ class MosquittoBroker(Broker):
         workdir: Path | None = None,
         port: int | None = None,
         binary: str | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         resolved = binary or find_mosquitto()
         if resolved is None:
@@ -346,6 +379,26 @@ class MosquittoBroker(Broker):
         super().__init__(tier=tier, workdir=workdir, port=port)
         self._process: subprocess.Popen[bytes] | None = None
         self._paused = False
+        self.security = security
+        self._probe_password = secrets.token_urlsafe(16)
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:PORT``, or ``mqtts://`` when the broker serves TLS."""
+        scheme = "mqtts" if self.security and self.security.tls else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def url_for(self, username: str) -> str:
+        """The URL with ``username`` and its password in it, e.g. ``mqtt://cam-1:pw@host:port``.
+
+        Raises:
+            BrokerError: The broker is not secure or has no such user.
+        """
+        if self.security is None or username not in self.security.users:
+            raise BrokerError(f"the broker on port {self.port} has no user {username!r}")
+        scheme, rest = self.url.split("://", 1)
+        password = self.security.users[username]
+        return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
 
     @property
     def data_dir(self) -> Path:
@@ -449,6 +502,17 @@ class MosquittoBroker(Broker):
             self.kill()
             raise
 
+    def _handshake(self, timeout: float) -> bool:
+        if self.security is None:
+            return super()._handshake(timeout)
+        return mqtt_handshake(
+            self.host,
+            self._port,
+            timeout=timeout,
+            credentials=(_PROBE_USER, self._probe_password),
+            ca_file=self.security.tls.ca_file if self.security.tls else None,
+        )
+
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         text = render_config(
@@ -456,8 +520,26 @@ class MosquittoBroker(Broker):
             port=self._port,
             data_dir=str(self.data_dir),
             log_file=str(self.log_path),
+            secure_values=self._write_security_files(),
         )
         self.config_path.write_text(text, encoding="utf-8")
+
+    def _write_security_files(self) -> dict[str, str] | None:
+        if self.security is None:
+            return None
+        users = {**self.security.users, _PROBE_USER: self._probe_password}
+        password_file = write_password_file(self.workdir / "passwd", users)
+        acl_file = self.workdir / "acl"
+        acl_file.write_text(self.security.acl, encoding="utf-8")
+        tls = self.security.tls
+        return {
+            "password_file": str(password_file),
+            "acl_file": str(acl_file),
+            "tls": "" if tls else "#",
+            "cafile": str(tls.ca_file) if tls else "",
+            "certfile": str(tls.cert_file) if tls else "",
+            "keyfile": str(tls.key_file) if tls else "",
+        }
 
 
 def create_broker(

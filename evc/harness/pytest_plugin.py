@@ -22,7 +22,8 @@ from typing import Protocol
 import pytest
 
 from evc.errors import BrokerError
-from evc.harness.broker import Broker, Tier, create_broker
+from evc.harness.broker import Broker, MosquittoBroker, Tier, create_broker
+from evc.harness.security import BrokerSecurity
 
 
 class BrokerFactory(Protocol):
@@ -35,6 +36,7 @@ class BrokerFactory(Protocol):
         workdir: Path | None = None,
         port: int | None = None,
         start: bool = True,
+        security: BrokerSecurity | None = None,
     ) -> Broker:
         """Create a broker (started unless ``start=False``) that is closed after the test."""
         ...
@@ -49,6 +51,8 @@ def evc_broker_factory() -> Iterator[BrokerFactory]:
         workdir: Directory for config, log and persistence; a fresh temporary one if None.
         port: Port on 127.0.0.1; a free one if None.
         start: Start the broker before returning it (default True).
+        security: Users, ACL and TLS (:class:`evc.harness.BrokerSecurity`): a local Mosquitto
+            with the tier's secure config. Default: the open loopback config.
 
     Every broker made here is closed at teardown, in reverse order of creation. The test fails
     (never skips) if a broker cannot be created or started, with the tail of the broker log.
@@ -61,9 +65,13 @@ def evc_broker_factory() -> Iterator[BrokerFactory]:
         workdir: Path | None = None,
         port: int | None = None,
         start: bool = True,
+        security: BrokerSecurity | None = None,
     ) -> Broker:
         try:
-            broker = create_broker(tier, workdir=workdir, port=port)
+            if security is None:
+                broker = create_broker(tier, workdir=workdir, port=port)
+            else:  # Only a local Mosquitto renders the secure config.
+                broker = MosquittoBroker(tier=tier, workdir=workdir, port=port, security=security)
         except BrokerError as exc:
             pytest.fail(f"cannot create a {tier} broker for this test: {exc}", pytrace=False)
         brokers.append(broker)

@@ -1,4 +1,4 @@
-"""The EVC wire codec: envelopes, detection frames, heartbeats, states and uplink batches.
+"""The EVC wire codec: envelopes, detections, object events, heartbeats, states and batches.
 
 Every message is one msgpack array, so any stock msgpack decoder can read it::
 
@@ -52,6 +52,15 @@ class Kind(IntEnum):
     STATE = 3
     SAMPLE = 4
     BATCH = 5
+    EVENT = 6
+
+
+class EventType(IntEnum):
+    """What happened to a tracked object (the ``event_types`` column of an EVENT record)."""
+
+    APPEARED = 1
+    MOVED = 2
+    LEFT = 3
 
 
 class BatchEncoding(IntEnum):
@@ -106,6 +115,27 @@ class DetectionFrame:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFrame:
+    """The object events derived from one video frame, as numpy columns.
+
+    Each row is one event: its :class:`EventType`, the track it concerns, and that object's
+    class, score and box (``x1, y1, x2, y2`` pixels of a ``width`` x ``height`` frame).
+    """
+
+    model_version: str
+    width: int
+    height: int
+    event_types: npt.NDArray[np.uint8]
+    track_ids: npt.NDArray[np.uint32]
+    class_ids: npt.NDArray[np.uint16]
+    scores: npt.NDArray[np.float32]
+    boxes: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.event_types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +214,16 @@ def encode_detections(
     boxes: npt.ArrayLike,
 ) -> bytes:
     """Encode one frame of detections (boxes as ``x1, y1, x2, y2`` pixels)."""
+    columns = _object_columns(width, height, class_ids, scores, boxes)
+    body = [model_version, width, height, *columns]
+    return encode(Kind.DETECTIONS, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
+
+
+def _object_columns(
+    width: int, height: int, class_ids: npt.ArrayLike, scores: npt.ArrayLike,
+    boxes: npt.ArrayLike,
+) -> list[bytes]:
+    """Pack the class, score and box columns shared by detections and events."""
     classes = np.asarray(class_ids)
     score_arr = np.asarray(scores, dtype=np.float32)
     box_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -200,30 +240,29 @@ def encode_detections(
     quant_scores = np.rint(np.clip(score_arr, 0.0, 1.0) * _SCORE_SCALE).astype("<u1")
     scale = np.array([width, height, width, height], dtype=np.float32)
     quant_boxes = np.rint(np.clip(box_arr / scale, 0.0, 1.0) * _BOX_SCALE).astype("<u2")
-    body = [
-        model_version,
-        width,
-        height,
-        classes.astype(class_dtype).tobytes(),
-        quant_scores.tobytes(),
-        quant_boxes.tobytes(),
-    ]
-    return encode(Kind.DETECTIONS, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
+    return [classes.astype(class_dtype).tobytes(), quant_scores.tobytes(), quant_boxes.tobytes()]
+
+
+def _object_arrays(
+    width: int, height: int, classes: bytes, scores: bytes, boxes: bytes
+) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Unpack checked class, score and box columns into arrays."""
+    class_dtype = "<u1" if len(classes) == len(scores) else "<u2"
+    scale = np.array([width, height, width, height], dtype=np.float32) / _BOX_SCALE
+    return (
+        np.frombuffer(classes, dtype=class_dtype).astype(np.uint16),
+        np.frombuffer(scores, dtype="<u1").astype(np.float32) / _SCORE_SCALE,
+        np.frombuffer(boxes, dtype="<u2").reshape(-1, 4).astype(np.float32) * scale,
+    )
 
 
 def detections_from(envelope: Envelope) -> DetectionFrame:
     """Validate and unpack the body of a detections envelope."""
     model_version, width, height, classes, scores, boxes = _checked_detections(envelope)
-    count = len(scores)
-    class_dtype = "<u1" if len(classes) == count else "<u2"
-    scale = np.array([width, height, width, height], dtype=np.float32) / _BOX_SCALE
+    class_ids, score_arr, box_arr = _object_arrays(width, height, classes, scores, boxes)
     return DetectionFrame(
-        model_version=model_version,
-        width=width,
-        height=height,
-        class_ids=np.frombuffer(classes, dtype=class_dtype).astype(np.uint16),
-        scores=np.frombuffer(scores, dtype="<u1").astype(np.float32) / _SCORE_SCALE,
-        boxes=np.frombuffer(boxes, dtype="<u2").reshape(-1, 4).astype(np.float32) * scale,
+        model_version=model_version, width=width, height=height,
+        class_ids=class_ids, scores=score_arr, boxes=box_arr,
     )
 
 
@@ -242,6 +281,14 @@ def _checked_detections(envelope: Envelope) -> tuple[str, int, int, bytes, bytes
     if not isinstance(body, list) or len(body) != 6:
         raise SchemaError("detections body must be an array of 6 fields")
     model_version, width, height, classes, scores, boxes = body
+    _check_object_columns(body)
+    return model_version, width, height, classes, scores, boxes
+
+
+def _check_object_columns(fields: Sequence[Any]) -> None:
+    """The checks shared by detections and events bodies, over the fields
+    ``model_version, width, height, class_ids, scores, boxes``."""
+    model_version, width, height, classes, scores, boxes = fields
     if not isinstance(model_version, str):
         raise SchemaError("model_version must be a string")
     if type(width) is not int or type(height) is not int or width <= 0 or height <= 0:
@@ -253,7 +300,85 @@ def _checked_detections(envelope: Envelope) -> tuple[str, int, int, bytes, bytes
         raise SchemaError(f"{count} detections exceed the limit of {MAX_DETECTIONS_PER_FRAME}")
     if len(classes) not in (count, 2 * count) or len(boxes) != 8 * count:
         raise SchemaError("class ids, scores and boxes disagree on the number of detections")
-    return model_version, width, height, classes, scores, boxes
+
+
+# -- object events -----------------------------------------------------------------------------
+
+
+def encode_events(
+    *,
+    origin: str,
+    epoch: int,
+    seq: int,
+    ts_ms: int,
+    model_version: str,
+    width: int,
+    height: int,
+    event_types: npt.ArrayLike,
+    track_ids: npt.ArrayLike,
+    class_ids: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    boxes: npt.ArrayLike,
+) -> bytes:
+    """Encode the object events derived from one frame, under that frame's key.
+
+    Raises:
+        SchemaError: columns of different lengths, an unknown event type, a track id outside
+            uint32, or any check of :func:`encode_detections`.
+    """
+    types = np.asarray(event_types, dtype=np.int64).reshape(-1)
+    tracks = np.asarray(track_ids, dtype=np.int64).reshape(-1)
+    columns = _object_columns(width, height, class_ids, scores, boxes)
+    count = len(columns[1])
+    if len(types) != count or len(tracks) != count:
+        raise SchemaError("event_types, track_ids and the object columns must have one length")
+    if count and not np.isin(types, [int(t) for t in EventType]).all():
+        raise SchemaError("event types must be 1 (appeared), 2 (moved) or 3 (left)")
+    if count and (int(tracks.min()) < 0 or int(tracks.max()) > 2**32 - 1):
+        raise SchemaError("track ids must be in 0..2**32-1")
+    body = [
+        model_version, width, height,
+        types.astype("<u1").tobytes(), tracks.astype("<u4").tobytes(), *columns,
+    ]
+    return encode(Kind.EVENT, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
+
+
+def events_from(envelope: Envelope) -> EventFrame:
+    """Validate and unpack the body of an EVENT envelope.
+
+    Raises:
+        SchemaError: not an EVENT envelope, or its body is not of the documented shape.
+    """
+    model_version, width, height, types, tracks, classes, scores, boxes = _checked_events(
+        envelope
+    )
+    class_ids, score_arr, box_arr = _object_arrays(width, height, classes, scores, boxes)
+    return EventFrame(
+        model_version=model_version, width=width, height=height,
+        event_types=np.frombuffer(types, dtype="<u1").astype(np.uint8),
+        track_ids=np.frombuffer(tracks, dtype="<u4").astype(np.uint32),
+        class_ids=class_ids, scores=score_arr, boxes=box_arr,
+    )
+
+
+def _checked_events(
+    envelope: Envelope,
+) -> tuple[str, int, int, bytes, bytes, bytes, bytes, bytes]:
+    """The fields of an events body after every type and length check (no arrays built)."""
+    body = envelope.body
+    if envelope.kind is not Kind.EVENT:
+        raise SchemaError(f"expected an events message, got {envelope.kind.name}")
+    if not isinstance(body, list) or len(body) != 8:
+        raise SchemaError("events body must be an array of 8 fields")
+    model_version, width, height, types, tracks, classes, scores, boxes = body
+    _check_object_columns([model_version, width, height, classes, scores, boxes])
+    if type(types) is not bytes or type(tracks) is not bytes:
+        raise SchemaError("event types and track ids must be bin fields")
+    if len(types) != len(scores) or len(tracks) != 4 * len(scores):
+        raise SchemaError("event types, track ids and scores disagree on the number of events")
+    if not set(types) <= {int(t) for t in EventType}:
+        raise SchemaError("event types must be 1 (appeared), 2 (moved) or 3 (left)")
+    return model_version, width, height, types, tracks, classes, scores, boxes
 
 
 # -- heartbeats and states ---------------------------------------------------------------------
@@ -377,6 +502,8 @@ def validate_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) 
         _checked_detections(envelope)
     elif envelope.kind in (Kind.HEARTBEAT, Kind.STATE):
         map_from(envelope)
+    elif envelope.kind is Kind.EVENT:
+        _checked_events(envelope)
     elif envelope.kind is Kind.BATCH:
         raise SchemaError("a batch cannot be nested inside a record")
     return envelope

@@ -26,6 +26,7 @@ class Channel(StrEnum):
     SAMPLE = "sample"
     MODEL = "model"
     COMMAND = "cmd"
+    COMMAND_REPLY = "reply"
     BATCH = "batch"
 
 

@@ -1,8 +1,8 @@
 """The gateway's declarative pipeline: small operators over each detections frame.
 
 The gateway's ``pipeline:`` YAML is an ordered list of operator configs, each selected by its
-``type`` (a discriminated union). Built-in operators: ``threshold``, ``zones`` and
-``min_detections``; add your own with :func:`register_operator`.
+``type`` (a discriminated union). Built-in operators: ``threshold``, ``zones``,
+``min_detections`` and ``track``; add your own with :func:`register_operator`.
 """
 
 from evc.gateway.pipeline.base import (
@@ -12,6 +12,7 @@ from evc.gateway.pipeline.base import (
     OperatorConfig,
     Outcome,
     PipelineListener,
+    PipelineResult,
 )
 from evc.gateway.pipeline.chain import Pipeline
 from evc.gateway.pipeline.count import MinDetections, MinDetectionsConfig
@@ -22,11 +23,13 @@ from evc.gateway.pipeline.registry import (
     validate_operators,
 )
 from evc.gateway.pipeline.threshold import Threshold, ThresholdConfig
+from evc.gateway.pipeline.track import Track, TrackConfig, greedy_match
 from evc.gateway.pipeline.zones import Zones, ZonesConfig, inside
 
 register_operator(ThresholdConfig, Threshold)
 register_operator(ZonesConfig, Zones)
 register_operator(MinDetectionsConfig, MinDetections)
+register_operator(TrackConfig, Track)
 
 __all__ = [
     "Drop",
@@ -38,11 +41,15 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "PipelineListener",
+    "PipelineResult",
     "Threshold",
     "ThresholdConfig",
+    "Track",
+    "TrackConfig",
     "Zones",
     "ZonesConfig",
     "build_pipeline",
+    "greedy_match",
     "inside",
     "operator_types",
     "register_operator",

@@ -5,6 +5,10 @@ either returns it (the same object when nothing changed, a smaller one made with
 :meth:`Frame.select` when it removed detections) or raises :class:`Drop` to discard the whole
 frame, like faust's ``Skip``. A dropped frame is never forwarded, but its message is still acked:
 the drop is deliberate and counted, not a failure to retry.
+
+An operator may also derive object events from a frame (``track`` does): it attaches them as
+:attr:`Frame.events`. Events outlive a drop of their frame (an operator passes the frame with its
+events to :class:`Drop`), and the intake stores them as one EVENT record under the frame's key.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from pydantic import Field
 
 from evc.config import StrictModel
 from evc.errors import EvcError
-from evc.wire import Envelope
-from evc.wire.codec import detections_from, encode_detections
+from evc.wire import Envelope, EventFrame
+from evc.wire.codec import detections_from, encode_detections, encode_events
 
 Outcome = Literal["passed", "changed", "dropped", "error"]
 
 
 class Drop(EvcError):  # noqa: N818 -- a control-flow signal like faust's Skip, not a failure
-    """Raised by an operator to discard the whole frame; ``reason`` labels the drop count."""
+    """Raised by an operator to discard the whole frame; ``reason`` labels the drop count.
 
-    def __init__(self, reason: str) -> None:
+    ``frame``, when given, is the frame as the operator left it: the events it carries are kept
+    although the frame itself is not forwarded.
+    """
+
+    def __init__(self, reason: str, *, frame: Frame | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.frame = frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +47,8 @@ class Frame:
     """One decoded detections record: the envelope header and its detections as numpy columns.
 
     ``origin`` is the device id (the gateway has checked it against the topic). Boxes are
-    ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame.
+    ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame. ``events`` are the object
+    events an operator derived from this frame, if any.
     """
 
     origin: str
@@ -51,6 +61,7 @@ class Frame:
     class_ids: npt.NDArray[np.uint16]
     scores: npt.NDArray[np.float32]
     boxes: npt.NDArray[np.float32]
+    events: EventFrame | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -84,6 +95,27 @@ class Frame:
             model_version=self.model_version, width=self.width, height=self.height,
             class_ids=self.class_ids, scores=self.scores, boxes=self.boxes,
         )
+
+    def encode_events(self) -> bytes | None:
+        """The frame's events as an EVENT record under the frame's key, or None without any."""
+        events = self.events
+        if events is None or len(events) == 0:
+            return None
+        return encode_events(
+            origin=self.origin, epoch=self.epoch, seq=self.seq, ts_ms=self.ts_ms,
+            model_version=events.model_version, width=events.width, height=events.height,
+            event_types=events.event_types, track_ids=events.track_ids,
+            class_ids=events.class_ids, scores=events.scores, boxes=events.boxes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineResult:
+    """What the pipeline made of one frame: the frame to forward (None if dropped) and the
+    frame's events (None if no operator derived any), kept even when the frame was dropped."""
+
+    frame: Frame | None
+    events: bytes | None = None
 
 
 class OperatorConfig(StrictModel):
@@ -131,3 +163,6 @@ class PipelineListener(Protocol):
 
     def record(self, operator: str, outcome: Outcome, reason: str, removed: int) -> None:
         """Count one frame through ``operator``; ``removed`` detections were taken out."""
+
+    def record_events(self, operator: str, event_type: str, count: int) -> None:
+        """Count ``count`` object events of ``event_type`` that ``operator`` emitted."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
+
 from evc.gateway.pipeline.base import (
     Drop,
     Frame,
@@ -12,7 +14,9 @@ from evc.gateway.pipeline.base import (
     OperatorConfig,
     Outcome,
     PipelineListener,
+    PipelineResult,
 )
+from evc.wire import EventType
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +46,39 @@ class Pipeline:
 
     def __call__(self, frame: Frame) -> Frame | None:
         """Run every operator; return the resulting frame, or None if one dropped it."""
+        return self.run(frame).frame
+
+    def run(self, frame: Frame) -> PipelineResult:
+        """Run every operator; return the frame to forward (if any) and the frame's events."""
         for operator in self.operators:
             before = len(frame)
             try:
                 result = operator(frame)
             except Drop as drop:
                 self._record(operator.name, "dropped", drop.reason, before)
-                return None
+                self._count_events(operator.name, frame, drop.frame)
+                return PipelineResult(None, (drop.frame or frame).encode_events())
             except Exception as exc:  # a faulty operator must not stall the intake
                 log.exception("pipeline operator %s failed; frame passed on", operator.name)
                 self._record(operator.name, "error", type(exc).__name__, 0)
                 continue
             removed = before - len(result)
-            if result is frame:
+            # Attaching events alone is not a change to the detections.
+            if result is frame or (removed == 0 and result.boxes is frame.boxes):
                 self._record(operator.name, "passed", "", 0)
             else:
                 self._record(operator.name, "changed", operator.reason, removed)
+            self._count_events(operator.name, frame, result)
             frame = result
-        return frame
+        return PipelineResult(frame, frame.encode_events())
+
+    def _count_events(self, operator: str, before: Frame, after: Frame | None) -> None:
+        events = None if after is None else after.events
+        if self._listener is None or events is None or events is before.events:
+            return
+        types, counts = np.unique(events.event_types, return_counts=True)
+        for event_type, count in zip(types.tolist(), counts.tolist(), strict=True):
+            self._listener.record_events(operator, EventType(event_type).name.lower(), count)
 
     def _record(self, operator: str, outcome: Outcome, reason: str, removed: int) -> None:
         if self._listener is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,28 @@ def test_stats_of_a_closed_store_raise_a_typed_error(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError):
         store.stats()
+
+
+def test_a_frame_and_its_events_share_a_key_and_are_two_records(tmp_path: Path) -> None:
+    store = SqliteRecordStore(tmp_path / "r.db")
+    event = IncomingRecord(
+        site="s", origin="cam-1", epoch=1, seq=1, kind=6, ts_ms=1, stored_ms=2, gateway="gw",
+        detections=0, payload=b"e",
+    )
+    assert store.insert([record(1), event]).stored == 2
+    assert store.insert([record(1), event]).duplicates == 2  # redelivery: both deduplicated
+    stats = store.stats()
+    assert (stats.records, stats.by_kind) == (2, {1: 1, 6: 1})
+    assert stats.by_device == {"s/cam-1": 2}
+
+
+def test_a_store_keyed_without_kind_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE records (site TEXT, origin TEXT, epoch INTEGER, seq INTEGER,"
+            " kind INTEGER, ts_ms INTEGER, stored_ms INTEGER, gateway TEXT,"
+            " detections INTEGER, payload BLOB, PRIMARY KEY (site, origin, epoch, seq))"
+        )
+    with pytest.raises(StoreError, match="Move it aside"):
+        SqliteRecordStore(path)

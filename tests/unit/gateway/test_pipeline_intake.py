@@ -40,9 +40,8 @@ def record(scores: list[float], seq: int = 7) -> bytes:
 
 
 def test_a_changed_frame_is_re_encoded_under_the_device_key() -> None:
-    stored, channel = admit(DET, record([0.9, 0.1, 0.7]), site=SITE, max_bytes=4096,
-                            pipeline=pipeline())
-    assert stored is not None
+    [stored], channel = admit(DET, record([0.9, 0.1, 0.7]), site=SITE, max_bytes=4096,
+                              pipeline=pipeline())
     assert channel is Channel.DETECTIONS
     envelope = decode(stored.payload)
     assert (envelope.origin, envelope.epoch, envelope.seq, envelope.ts_ms) == ("cam-1", 3, 7, 123)
@@ -54,16 +53,14 @@ def test_a_changed_frame_is_re_encoded_under_the_device_key() -> None:
 
 def test_unchanged_frames_and_heartbeats_keep_their_bytes() -> None:
     payload = record([0.9, 0.8])
-    stored, _ = admit(DET, payload, site=SITE, max_bytes=4096, pipeline=pipeline())
-    assert stored is not None
+    [stored], _ = admit(DET, payload, site=SITE, max_bytes=4096, pipeline=pipeline())
     assert stored.payload == payload
     beat = encode_map(Kind.HEARTBEAT, origin="cam-1", epoch=3, seq=8, ts_ms=1, fields={"ok": 1})
-    stored, _ = admit(HB, beat, site=SITE, max_bytes=4096, pipeline=pipeline())
-    assert stored is not None
+    [stored], _ = admit(HB, beat, site=SITE, max_bytes=4096, pipeline=pipeline())
     assert stored.payload == beat
 
 
 def test_a_dropped_frame_yields_no_record() -> None:
     stored, channel = admit(DET, record([0.1]), site=SITE, max_bytes=4096, pipeline=pipeline())
-    assert stored is None
+    assert stored == []
     assert channel is Channel.DETECTIONS

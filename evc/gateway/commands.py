@@ -1,0 +1,310 @@
+"""Remote reconfiguration: the cloud pushes a gateway's pipeline on its command topic.
+
+The desired config is a retained JSON message on ``evc/{site}/gw/{gateway}/cmd`` (on the cloud
+broker), ``{"version": 2, "pipeline": [...], "request": "optional id"}``. The gateway validates
+it with the same models as its YAML ``pipeline:``; a newer valid version is built and swapped
+in between two intake batches, persisted to ``state_dir/<gateway_id>.pipeline.json`` (which then
+overrides the YAML's pipeline at every start) and acknowledged. An invalid one is rejected with
+every error's key path, and the running pipeline stays. Every command gets a retained JSON reply
+on ``evc/{site}/gw/{gateway}/reply``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import Field, ValidationError, field_validator
+
+from evc.config import GatewayConfig, StrictModel
+from evc.errors import EvcError
+from evc.gateway.pipeline import OperatorConfig, Pipeline, build_pipeline
+from evc.metrics import GatewayMetrics
+from evc.mqtt.client import BrokerAddress, connect_async, new_client
+from evc.wire import Channel, GatewayTopic
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 256 * 1024
+Result = Literal["applied", "rejected", "stale"]
+Install = Callable[[Pipeline | None], None]
+
+
+class CommandError(EvcError):
+    """A pushed configuration was not answered, or could not be sent."""
+
+
+class DesiredPipeline(StrictModel):
+    """A pipeline config pushed by the cloud."""
+
+    version: int = Field(..., ge=1, strict=True, description="Increases with every push.")
+    pipeline: list[Any] = Field(..., description="Operators, as in a gateway's YAML.")
+    request: str | None = Field(
+        None, max_length=64, description="An id the reply echoes, to match it to its push."
+    )
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _operators(cls, value: Any) -> Any:
+        # The very validator of the YAML `pipeline:`, so both accept and reject the same.
+        return GatewayConfig._operators(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a command was rejected, at a dotted key path."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The gateway's answer to one command."""
+
+    version: int | None
+    applied: bool
+    result: Result
+    active_version: int
+    errors: list[Problem] = field(default_factory=list)
+    request: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> Reply:
+        """Parse a reply; raise :class:`CommandError` if it is not one."""
+        try:
+            data = json.loads(payload)
+            data["errors"] = [Problem(**error) for error in data.get("errors", [])]
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CommandError(f"not a command reply: {payload[:100]!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A command that validated."""
+
+    desired: DesiredPipeline
+    raw: dict[str, Any]
+
+
+def parse_command(payload: bytes) -> Accepted | list[Problem]:
+    """Parse and validate a command payload; the problems, with key paths, if it is bad."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return [Problem("", f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")]
+    try:
+        raw = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return [Problem("", f"not JSON: {exc}")]
+    if not isinstance(raw, dict):
+        return [Problem("", "the command must be a JSON object")]
+    try:
+        return Accepted(DesiredPipeline.model_validate(raw), raw)
+    except ValidationError as exc:
+        return [
+            Problem(".".join(str(part) for part in error["loc"]), error["msg"])
+            for error in exc.errors()
+        ]
+
+
+def _version_of(payload: bytes) -> tuple[int | None, str | None]:
+    # Best effort, so that even a rejected command's reply can name its version and request.
+    try:
+        raw = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    version, request = raw.get("version"), raw.get("request")
+    return (
+        version if type(version) is int else None,
+        request if isinstance(request, str) and len(request) <= 64 else None,
+    )
+
+
+class PipelineCommands:
+    """Applies pushed pipeline configs to a gateway, and answers each.
+
+    Args:
+        config: the gateway's config (site, ids, state folder, cloud broker).
+        metrics: counts updates by result.
+        install: makes a pipeline (None: forward everything) the gateway's running one.
+    """
+
+    def __init__(
+        self, *, config: GatewayConfig, metrics: GatewayMetrics, install: Install
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._install = install
+        self._lock = threading.Lock()
+        self.active_version = 0  # 0: the YAML's pipeline
+        self.state_path = Path(config.state_dir) / f"{config.gateway_id}.pipeline.json"
+        self.command_topic = str(GatewayTopic(config.site, config.gateway_id, Channel.COMMAND))
+        self.reply_topic = str(
+            GatewayTopic(config.site, config.gateway_id, Channel.COMMAND_REPLY)
+        )
+        self.subscribed = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._load()
+
+    def _load(self) -> None:
+        if not self.state_path.exists():
+            return
+        try:
+            parsed = parse_command(self.state_path.read_bytes())
+        except OSError as exc:
+            log.warning("cannot read %s, running the YAML pipeline: %s", self.state_path, exc)
+            return
+        if isinstance(parsed, list):  # e.g. an operator this build no longer has
+            log.warning("ignoring the saved pipeline %s: %s", self.state_path, parsed)
+            return
+        self._apply(parsed.desired)
+        log.info("running the pushed pipeline version %d", self.active_version)
+
+    def _apply(self, desired: DesiredPipeline) -> None:
+        operators: list[OperatorConfig] = desired.pipeline
+        pipeline = build_pipeline(operators, listener=self._metrics.pipeline) if operators else None
+        self._install(pipeline)
+        self.active_version = desired.version
+
+    def _persist(self, raw: dict[str, Any]) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            json.dump(raw, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.state_path)
+
+    def handle(self, payload: bytes) -> Reply:
+        """Validate a command and apply it if it is newer; never raises on bad input."""
+        with self._lock:
+            reply = self._handle(payload)
+        self._metrics.config_updates.labels(reply.result).inc()
+        return reply
+
+    def _handle(self, payload: bytes) -> Reply:
+        version, request = _version_of(payload)
+        parsed = parse_command(payload)
+        if isinstance(parsed, list):
+            return Reply(version, False, "rejected", self.active_version, parsed, request)
+        desired = parsed.desired
+        if desired.version <= self.active_version:
+            problems = [] if desired.version == self.active_version else [Problem(
+                "version", f"older than the active version {self.active_version}; not applied"
+            )]
+            current = desired.version == self.active_version
+            return Reply(desired.version, current, "stale", self.active_version, problems, request)
+        try:
+            pipeline = build_pipeline(desired.pipeline, listener=self._metrics.pipeline)
+            self._persist(parsed.raw)
+        except (OSError, ValueError) as exc:
+            problems = [Problem("", f"cannot apply: {exc}")]
+            return Reply(desired.version, False, "rejected", self.active_version, problems, request)
+        self._install(pipeline if desired.pipeline else None)
+        self.active_version = desired.version
+        log.info("applied the pushed pipeline version %d", desired.version)
+        return Reply(desired.version, True, "applied", self.active_version, [], request)
+
+    # -- the MQTT side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the cloud broker and take commands."""
+        config = self._config
+        client = new_client(
+            client_id=f"evc-gw-{config.site}-{config.gateway_id}-cmd",
+            address=config.cloud.address,
+        )
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *_a: self.subscribed.set()
+        client.on_message = self._on_message
+        connect_async(client, config.cloud.address, persistent=True)
+        client.loop_start()
+        self._client = client
+
+    def stop(self) -> None:
+        """Disconnect."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.command_topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:  # the retained command was cleared
+            return
+        try:
+            reply = self.handle(bytes(message.payload))
+        except Exception:  # a bug must not kill paho's network thread
+            log.exception("handling a command on %s failed", message.topic)
+            return
+        client.publish(self.reply_topic, reply.to_json(), qos=1, retain=True)
+
+
+def push_pipeline(
+    *,
+    address: BrokerAddress,
+    site: str,
+    gateway: str,
+    version: int,
+    pipeline: list[Any],
+    timeout_s: float = 10.0,
+) -> Reply:
+    """Publish a desired pipeline (retained) and wait for the gateway's reply to it.
+
+    Raises:
+        CommandError: no reply within ``timeout_s``.
+    """
+    request = uuid.uuid4().hex
+    command = GatewayTopic(site, gateway, Channel.COMMAND)
+    reply_topic = str(GatewayTopic(site, gateway, Channel.COMMAND_REPLY))
+    replies: list[Reply] = []
+    got, subscribed = threading.Event(), threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            reply = Reply.from_json(bytes(message.payload))
+        except CommandError:
+            return
+        if reply.request == request:  # not an older retained reply
+            replies.append(reply)
+            got.set()
+
+    client = new_client(client_id=f"evc-cfg-{request[:12]}", address=address)
+    client.on_connect = lambda c, *_a: c.subscribe(reply_topic, qos=1)
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = on_message
+    connect_async(client, address)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        if not subscribed.wait(timeout_s):
+            raise CommandError(f"could not subscribe on {address} within {timeout_s:g} s")
+        body = {"version": version, "pipeline": pipeline, "request": request}
+        client.publish(str(command), json.dumps(body).encode(), qos=1, retain=True)
+        if not got.wait(max(0.0, deadline - time.monotonic())):
+            raise CommandError(f"gateway {site}/{gateway} did not reply within {timeout_s:g} s")
+        return replies[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
