@@ -188,6 +188,12 @@ class PipelineMetrics:
             ["type"],
             registry=registry,
         )
+        self.alerts = Counter(
+            f"{prefix}_pipeline_alerts_total",
+            "Alerts raised by the pipeline's alert rules, by rule name.",
+            ["rule"],
+            registry=registry,
+        )
 
     def record(self, operator: str, outcome: str, reason: str, removed: int) -> None:
         """Count one frame through ``operator``."""
@@ -199,6 +205,11 @@ class PipelineMetrics:
         """Count object events emitted by ``operator`` (labelled by type only)."""
         del operator  # one tracker per pipeline in practice; keep the series few
         self.events.labels(event_type).inc(count)
+
+    def record_alert(self, operator: str, rule: str) -> None:
+        """Count one alert of ``rule`` (labelled by rule only: rule names are unique enough)."""
+        del operator
+        self.alerts.labels(rule).inc()
 
 
 class GatewayMetrics:

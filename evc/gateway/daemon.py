@@ -29,9 +29,17 @@ from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
 from evc.mqtt.budget import UplinkBudget
 from evc.mqtt.forwarder import Outgoing
-from evc.outbox import NewRecord, Outbox, now_ms
+from evc.outbox import NewRecord, Outbox, Priority, now_ms
 from evc.service import Service
-from evc.wire import Channel, GatewayTopic, Kind, device_filter, encode_map
+from evc.wire import (
+    Channel,
+    DeviceTopic,
+    GatewayTopic,
+    Kind,
+    decode,
+    device_filter,
+    encode_map,
+)
 from evc.wire.codec import BatchEncoding
 
 log = logging.getLogger(__name__)
@@ -52,10 +60,6 @@ class Gateway(Service):
             build_pipeline(config.pipeline, listener=self.metrics.pipeline)
             if config.pipeline else None
         )
-        # A pipeline pushed by the cloud (and saved in state_dir) replaces the YAML's.
-        self.commands = PipelineCommands(
-            config=config, metrics=self.metrics, install=self._install_pipeline
-        )
         self.outbox = Outbox(
             config.outbox.path,
             max_bytes=int(config.outbox.max_bytes),
@@ -65,6 +69,14 @@ class Gateway(Service):
             weights=by_priority(config.forward.weights_by_class),
             synchronous=config.outbox.synchronous,
             on_drop=self.metrics.outbox.on_drop,
+        )
+        # Stateful operators (aggregate) resume from the snapshot committed with the last batch.
+        if self.pipeline is not None:
+            self.pipeline.restore(self.outbox.load_state)
+        # A pipeline pushed by the cloud (and saved in state_dir) replaces the YAML's; it needs
+        # the outbox to restore its operators' state.
+        self.commands = PipelineCommands(
+            config=config, metrics=self.metrics, install=self._install_pipeline
         )
         self.intake = CommitThenAckConsumer(
             client_id=f"evc-gw-{config.site}-{config.gateway_id}",
@@ -130,6 +142,7 @@ class Gateway(Service):
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
         self.commands.stop()
         self.intake.stop()
+        self._flush_pipeline()
         self.uplink.wake()
         self.uplink.stop(
             drain_timeout_s=drain_timeout_s,
@@ -162,14 +175,40 @@ class Gateway(Service):
             # EVENT record for the events an operator derived from the frame.
             records.extend(admitted)
         started = time.perf_counter()
-        stored = self.outbox.put(records)
+        try:
+            stored = self.outbox.put(records, state=pipeline.snapshot() if pipeline else None)
+        except Exception:
+            # The batch will be redelivered: forget what the operators saw of it.
+            if pipeline is not None:
+                pipeline.restore(self.outbox.load_state)
+            raise
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.committed.inc(stored)
         self.uplink.wake()
 
     def _install_pipeline(self, pipeline: Pipeline | None) -> None:
         # One attribute assignment, read once per batch by _commit: no lock needed.
+        if pipeline is not None:
+            pipeline.restore(self.outbox.load_state)
         self.pipeline = pipeline
+
+    def _flush_pipeline(self) -> None:
+        """Close every open window (``aggregate``) and store its summary with the new state.
+
+        Called once intake has stopped; windows otherwise close on the next frame of their
+        device past their end.
+        """
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        records = [
+            NewRecord(
+                topic=str(DeviceTopic(self.config.site, decode(data).origin, Channel.DETECTIONS)),
+                payload=data, priority=Priority.SUMMARY,
+            )
+            for data in pipeline.flush(None)
+        ]
+        self.metrics.committed.inc(self.outbox.put(records, state=pipeline.snapshot()))
 
     # -- uplink --------------------------------------------------------------------------------
 

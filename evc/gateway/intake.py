@@ -31,6 +31,8 @@ PRIORITY_OF_KIND = {
     Kind.STATE: Priority.EVENT,
     Kind.SAMPLE: Priority.SAMPLE,
     Kind.EVENT: Priority.EVENT,
+    Kind.SUMMARY: Priority.SUMMARY,
+    Kind.ALERT: Priority.ALERT,
 }
 
 
@@ -41,7 +43,8 @@ def admit(
 
     The records are the message's own (none when ``pipeline`` dropped the frame: a deliberate
     drop, counted by the pipeline's listener; the message is still acked), then the EVENT record
-    of the frame's events, if an operator derived any.
+    of the frame's events and the ALERT record of its alerts (at ``Priority.ALERT``), if an
+    operator derived any.
 
     Raises:
         WireError: a subclass naming why the message was refused.
@@ -74,4 +77,12 @@ def admit(
         # On the device's detections topic: no device can publish an EVENT there (the kind
         # must match the channel), so the gateway is its only author.
         records.append(NewRecord(topic=topic, payload=result.events, priority=Priority.EVENT))
+    if result.alerts is not None:
+        # Same topic and authorship argument as events; the highest class drains first.
+        records.append(NewRecord(topic=topic, payload=result.alerts, priority=Priority.ALERT))
+    # SUMMARY records of windows this frame closed; same topic and authorship argument.
+    records.extend(
+        NewRecord(topic=topic, payload=summary, priority=Priority.SUMMARY)
+        for summary in result.summaries
+    )
     return records, parsed.channel

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS drops (
     count INTEGER NOT NULL,
     PRIMARY KEY (reason, priority)
 );
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 """
 _NEVER_MS = 2**62
 # Each row costs its payload, its topic and roughly this much of SQLite page and index space.
@@ -187,16 +191,26 @@ class Outbox:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def put(self, records: Sequence[NewRecord]) -> int:
+    def put(
+        self, records: Sequence[NewRecord], *, state: Mapping[str, bytes] | None = None
+    ) -> int:
         """Store records durably in one transaction; return how many were inserted.
 
         Records refused on arrival (too large, or ``reject_new`` with the outbox full) and rows
         evicted to make room are counted as drops. Afterwards the caller may acknowledge every
         record upstream: each one is either durable or deliberately dropped and counted.
+
+        ``state`` (key -> bytes, e.g. operator snapshots) is saved in the same transaction, so
+        what a caller remembers is durable exactly when the records derived from it are; read
+        it back with :meth:`load_state`.
         """
-        if not records:
+        if not records and not state:
             return 0
         with self._lock, self._transaction():
+            if state:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items()
+                )
             rows, refused = self._admit(records)
             self._db.executemany(
                 "INSERT INTO records (priority, created_ms, expires_ms, size, topic, payload)"
@@ -234,6 +248,12 @@ class Outbox:
             rows.append((record.priority, now, expires, size, record.topic, record.payload))
             incoming += size
         return rows, refused
+
+    def load_state(self, key: str) -> bytes | None:
+        """The value last saved under ``key`` by :meth:`put`, or None."""
+        with self._lock, _reading("state"):
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def ttl_for(self, priority: Priority) -> float | None:
         """Time-to-live given to records of ``priority`` that do not set their own."""

@@ -2,6 +2,8 @@
 
 from evc.wire.codec import (
     PROTOCOL_VERSION,
+    Alert,
+    AlertFrame,
     Batch,
     BatchEncoding,
     DetectionFrame,
@@ -10,9 +12,11 @@ from evc.wire.codec import (
     EventType,
     IdempotencyKey,
     Kind,
+    alerts_from,
     batch_from,
     decode,
     detections_from,
+    encode_alerts,
     encode_batch,
     encode_detections,
     encode_events,
@@ -25,6 +29,8 @@ from evc.wire.topics import Channel, DeviceTopic, GatewayTopic, device_filter, g
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Alert",
+    "AlertFrame",
     "Batch",
     "BatchEncoding",
     "Channel",
@@ -36,10 +42,12 @@ __all__ = [
     "GatewayTopic",
     "IdempotencyKey",
     "Kind",
+    "alerts_from",
     "batch_from",
     "decode",
     "detections_from",
     "device_filter",
+    "encode_alerts",
     "encode_batch",
     "encode_detections",
     "encode_events",

@@ -2,9 +2,12 @@
 
 The gateway's ``pipeline:`` YAML is an ordered list of operator configs, each selected by its
 ``type`` (a discriminated union). Built-in operators: ``threshold``, ``zones``,
-``min_detections`` and ``track``; add your own with :func:`register_operator`.
+``min_detections``, ``track``, ``aggregate`` and ``alert``; add your own with
+:func:`register_operator`.
 """
 
+from evc.gateway.pipeline.aggregate import Aggregate, AggregateConfig
+from evc.gateway.pipeline.alert import AlertConfig, Alerts
 from evc.gateway.pipeline.base import (
     Drop,
     Frame,
@@ -30,8 +33,14 @@ register_operator(ThresholdConfig, Threshold)
 register_operator(ZonesConfig, Zones)
 register_operator(MinDetectionsConfig, MinDetections)
 register_operator(TrackConfig, Track)
+register_operator(AggregateConfig, Aggregate)
+register_operator(AlertConfig, Alerts)
 
 __all__ = [
+    "Aggregate",
+    "AggregateConfig",
+    "AlertConfig",
+    "Alerts",
     "Drop",
     "Frame",
     "MinDetections",

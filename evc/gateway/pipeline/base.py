@@ -9,6 +9,7 @@ the drop is deliberate and counted, not a failure to retry.
 An operator may also derive object events from a frame (``track`` does): it attaches them as
 :attr:`Frame.events`. Events outlive a drop of their frame (an operator passes the frame with its
 events to :class:`Drop`), and the intake stores them as one EVENT record under the frame's key.
+Alerts (``alert``) ride the same way as :attr:`Frame.alerts`, stored as one ALERT record.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pydantic import Field
 
 from evc.config import StrictModel
 from evc.errors import EvcError
-from evc.wire import Envelope, EventFrame
-from evc.wire.codec import detections_from, encode_detections, encode_events
+from evc.wire import Alert, Envelope, EventFrame
+from evc.wire.codec import detections_from, encode_alerts, encode_detections, encode_events
 
 Outcome = Literal["passed", "changed", "dropped", "error"]
 
@@ -62,6 +63,9 @@ class Frame:
     scores: npt.NDArray[np.float32]
     boxes: npt.NDArray[np.float32]
     events: EventFrame | None = None
+    # Encoded SUMMARY records an operator (``aggregate``) closed while seeing this frame.
+    summaries: tuple[bytes, ...] = ()
+    alerts: tuple[Alert, ...] = ()
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -96,6 +100,16 @@ class Frame:
             class_ids=self.class_ids, scores=self.scores, boxes=self.boxes,
         )
 
+    def encode_alerts(self) -> bytes | None:
+        """The frame's alerts as one ALERT record under the frame's key, or None without any."""
+        if not self.alerts:
+            return None
+        return encode_alerts(
+            origin=self.origin, epoch=self.epoch, seq=self.seq, ts_ms=self.ts_ms,
+            model_version=self.model_version, width=self.width, height=self.height,
+            alerts=self.alerts,
+        )
+
     def encode_events(self) -> bytes | None:
         """The frame's events as an EVENT record under the frame's key, or None without any."""
         events = self.events
@@ -112,10 +126,13 @@ class Frame:
 @dataclass(frozen=True, slots=True)
 class PipelineResult:
     """What the pipeline made of one frame: the frame to forward (None if dropped) and the
-    frame's events (None if no operator derived any), kept even when the frame was dropped."""
+    frame's events and alerts (None if no operator derived any), kept even when the frame was
+    dropped."""
 
     frame: Frame | None
     events: bytes | None = None
+    alerts: bytes | None = None
+    summaries: tuple[bytes, ...] = ()  # SUMMARY records, kept even when the frame was dropped
 
 
 class OperatorConfig(StrictModel):
@@ -166,3 +183,6 @@ class PipelineListener(Protocol):
 
     def record_events(self, operator: str, event_type: str, count: int) -> None:
         """Count ``count`` object events of ``event_type`` that ``operator`` emitted."""
+
+    def record_alert(self, operator: str, rule: str) -> None:
+        """Count one alert of ``rule`` that ``operator`` raised."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Pipeline:
         return self.run(frame).frame
 
     def run(self, frame: Frame) -> PipelineResult:
-        """Run every operator; return the frame to forward (if any) and the frame's events."""
+        """Run every operator; return the frame to forward (if any), its events and alerts."""
         for operator in self.operators:
             before = len(frame)
             try:
@@ -57,7 +57,12 @@ class Pipeline:
             except Drop as drop:
                 self._record(operator.name, "dropped", drop.reason, before)
                 self._count_events(operator.name, frame, drop.frame)
-                return PipelineResult(None, (drop.frame or frame).encode_events())
+                self._count_alerts(operator.name, frame, drop.frame)
+                # Not `drop.frame or frame`: a frame with no detections is falsy (__len__).
+                kept = frame if drop.frame is None else drop.frame
+                return PipelineResult(
+                    None, kept.encode_events(), kept.encode_alerts(), summaries=kept.summaries
+                )
             except Exception as exc:  # a faulty operator must not stall the intake
                 log.exception("pipeline operator %s failed; frame passed on", operator.name)
                 self._record(operator.name, "error", type(exc).__name__, 0)
@@ -69,8 +74,42 @@ class Pipeline:
             else:
                 self._record(operator.name, "changed", operator.reason, removed)
             self._count_events(operator.name, frame, result)
+            self._count_alerts(operator.name, frame, result)
             frame = result
-        return PipelineResult(frame, frame.encode_events())
+        return PipelineResult(
+            frame, frame.encode_events(), frame.encode_alerts(), summaries=frame.summaries
+        )
+
+    def flush(self, now_ms: int | None = None) -> list[bytes]:
+        """Records that operators with a ``flush(now_ms)`` method close (None: close all)."""
+        records: list[bytes] = []
+        for operator in self.operators:
+            flush = getattr(operator, "flush", None)
+            if callable(flush):
+                records.extend(flush(now_ms))
+        return records
+
+    def snapshot(self) -> dict[str, bytes]:
+        """The state of each stateful operator (one with ``snapshot()``), by storage key."""
+        return {
+            _state_key(op): op.snapshot()  # type: ignore[attr-defined]
+            for op in self.operators if callable(getattr(op, "snapshot", None))
+        }
+
+    def restore(self, load: Callable[[str], bytes | None]) -> None:
+        """Give each stateful operator the state ``load`` returns for its key, if any."""
+        for operator in self.operators:
+            restore = getattr(operator, "restore", None)
+            data = load(_state_key(operator)) if callable(restore) else None
+            if restore is not None and data is not None:
+                restore(data)
+
+    def _count_alerts(self, operator: str, before: Frame, after: Frame | None) -> None:
+        # Operators append to a frame's alerts: the new ones are those past the old length.
+        if self._listener is None or after is None:
+            return
+        for alert in after.alerts[len(before.alerts):]:
+            self._listener.record_alert(operator, alert.rule)
 
     def _count_events(self, operator: str, before: Frame, after: Frame | None) -> None:
         events = None if after is None else after.events
@@ -83,3 +122,8 @@ class Pipeline:
     def _record(self, operator: str, outcome: Outcome, reason: str, removed: int) -> None:
         if self._listener is not None:
             self._listener.record(operator, outcome, reason, removed)
+
+
+def _state_key(operator: Operator[OperatorConfig]) -> str:
+    """Where an operator's snapshot is stored: its type and its (unique) name."""
+    return f"pipeline/{getattr(operator.config, 'type', '')}/{operator.name}"
