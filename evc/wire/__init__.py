@@ -2,8 +2,6 @@
 
 from evc.wire.codec import (
     PROTOCOL_VERSION,
-    Alert,
-    AlertFrame,
     Batch,
     BatchEncoding,
     DetectionFrame,
@@ -12,11 +10,9 @@ from evc.wire.codec import (
     EventType,
     IdempotencyKey,
     Kind,
-    alerts_from,
     batch_from,
     decode,
     detections_from,
-    encode_alerts,
     encode_batch,
     encode_detections,
     encode_events,
@@ -24,6 +20,15 @@ from evc.wire.codec import (
     events_from,
     map_from,
     validate_record,
+)
+from evc.wire.derived import (
+    Alert,
+    AlertFrame,
+    SummaryFrame,
+    alerts_from,
+    encode_alerts,
+    encode_summary,
+    summaries_from,
 )
 from evc.wire.topics import Channel, DeviceTopic, GatewayTopic, device_filter, gateway_filter
 
@@ -42,6 +47,7 @@ __all__ = [
     "GatewayTopic",
     "IdempotencyKey",
     "Kind",
+    "SummaryFrame",
     "alerts_from",
     "batch_from",
     "decode",
@@ -52,8 +58,10 @@ __all__ = [
     "encode_detections",
     "encode_events",
     "encode_map",
+    "encode_summary",
     "events_from",
     "gateway_filter",
     "map_from",
+    "summaries_from",
     "validate_record",
 ]

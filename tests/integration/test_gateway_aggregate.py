@@ -29,7 +29,7 @@ from conftest import (
 from evc.config import MetricsConfig
 from evc.harness import Broker, free_port
 from evc.wire import Channel, DeviceTopic, Kind, decode, encode_detections, encode_map
-from evc.wire.codec import summaries_from
+from evc.wire.derived import summaries_from
 
 pytestmark = pytest.mark.integration
 

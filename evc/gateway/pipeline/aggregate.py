@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from evc.gateway.pipeline.base import Drop, Frame, Operator, OperatorConfig
-from evc.wire.codec import SummaryFrame, encode_summary
+from evc.wire.derived import SummaryFrame, encode_summary
 
 
 class AggregateConfig(OperatorConfig):

@@ -25,7 +25,8 @@ from pydantic import Field
 from evc.config import StrictModel
 from evc.errors import EvcError
 from evc.wire import Alert, Envelope, EventFrame
-from evc.wire.codec import detections_from, encode_alerts, encode_detections, encode_events
+from evc.wire.codec import detections_from, encode_detections, encode_events
+from evc.wire.derived import encode_alerts
 
 Outcome = Literal["passed", "changed", "dropped", "error"]
 

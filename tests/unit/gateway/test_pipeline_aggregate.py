@@ -7,7 +7,7 @@ import pytest
 
 from evc.gateway.pipeline import Aggregate, AggregateConfig, Drop, Frame, Pipeline
 from evc.wire import Kind, decode
-from evc.wire.codec import summaries_from
+from evc.wire.derived import summaries_from
 
 
 def frame(seq: int, ts_ms: int, dets: list[tuple[int, float]], origin: str = "cam-1",

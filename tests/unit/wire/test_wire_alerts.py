@@ -18,7 +18,8 @@ from evc.wire import (
     encode_detections,
     validate_record,
 )
-from evc.wire.codec import MAX_ALERTS_PER_RECORD, encode
+from evc.wire.codec import encode
+from evc.wire.derived import MAX_ALERTS_PER_RECORD
 
 KEY: dict[str, Any] = {"origin": "cam-1", "epoch": 5, "seq": 9, "ts_ms": 123}
 FRAME: dict[str, Any] = {"model_version": "m-1", "width": 640, "height": 480}

@@ -8,7 +8,8 @@ import pytest
 
 from evc.errors import SchemaError
 from evc.wire import Kind, decode, validate_record
-from evc.wire.codec import SummaryFrame, encode, encode_summary, summaries_from
+from evc.wire.codec import encode
+from evc.wire.derived import SummaryFrame, encode_summary, summaries_from
 
 
 def summary(**overrides: object) -> SummaryFrame:
