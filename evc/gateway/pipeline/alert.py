@@ -26,12 +26,10 @@ import numpy.typing as npt
 from pydantic import ConfigDict, Field, model_validator
 
 from evc.config import StrictModel
-from evc.gateway.pipeline.base import Frame, Operator, OperatorConfig
+from evc.gateway.pipeline.base import ClassRef, Frame, Operator, OperatorConfig, resolve_class
 from evc.gateway.pipeline.zones import Polygon, inside
 from evc.wire import Alert
 
-ClassRef = int | str
-_CLASS_IDS = 65536  # class ids are uint16 on the wire
 _RULE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
@@ -99,18 +97,8 @@ class AlertConfig(OperatorConfig):
         return self
 
     def class_id(self, ref: ClassRef) -> int:
-        """The class id ``ref`` names.
-
-        Raises:
-            ValueError: a name not in ``class_names``, or an id out of 0..65535.
-        """
-        if isinstance(ref, str) and not ref.isdigit():
-            if ref not in self.class_names:
-                raise ValueError(f"class {ref!r} is not in class_names")
-            return self.class_names.index(ref)
-        if not 0 <= int(ref) < _CLASS_IDS:
-            raise ValueError(f"class id {ref} is not in 0..65535")
-        return int(ref)
+        """The class id ``ref`` names (see :func:`resolve_class`)."""
+        return resolve_class(ref, self.class_names)
 
 
 class Alerts(Operator[AlertConfig]):

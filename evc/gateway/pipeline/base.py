@@ -15,6 +15,7 @@ Alerts (``alert``) ride the same way as :attr:`Frame.alerts`, stored as one ALER
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -27,6 +28,25 @@ from evc.errors import EvcError
 from evc.wire import Alert, Envelope, EventFrame
 from evc.wire.codec import detections_from, encode_detections, encode_events
 from evc.wire.derived import encode_alerts
+
+CLASS_IDS = 65536  # class ids are uint16 on the wire
+ClassRef = int | str  # a class by id, or by one of an operator's class_names
+
+
+def resolve_class(ref: ClassRef, class_names: Sequence[str]) -> int:
+    """The class id ``ref`` names: an id (or its digits) or a name in ``class_names``.
+
+    Raises:
+        ValueError: a name not in ``class_names``, or an id out of 0..65535.
+    """
+    if isinstance(ref, str) and not ref.isdigit():
+        if ref not in class_names:
+            raise ValueError(f"class {ref!r} is not in class_names")
+        return list(class_names).index(ref)
+    if not 0 <= int(ref) < CLASS_IDS:
+        raise ValueError(f"class id {ref} is not in 0..65535")
+    return int(ref)
+
 
 Outcome = Literal["passed", "changed", "dropped", "error"]
 

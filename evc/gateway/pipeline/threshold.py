@@ -7,10 +7,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from evc.gateway.pipeline.base import Frame, Operator, OperatorConfig
-
-_CLASS_IDS = 65536  # class ids are uint16 on the wire
-ClassRef = int | str
+from evc.gateway.pipeline.base import (
+    CLASS_IDS,
+    ClassRef,
+    Frame,
+    Operator,
+    OperatorConfig,
+    resolve_class,
+)
 
 
 class ThresholdConfig(OperatorConfig):
@@ -41,18 +45,8 @@ class ThresholdConfig(OperatorConfig):
         return self
 
     def class_id(self, ref: ClassRef) -> int:
-        """The class id ``ref`` names.
-
-        Raises:
-            ValueError: a name not in ``class_names``, or an id out of 0..65535.
-        """
-        if isinstance(ref, str) and not ref.isdigit():
-            if ref not in self.class_names:
-                raise ValueError(f"class {ref!r} is not in class_names")
-            return self.class_names.index(ref)
-        if not 0 <= int(ref) < _CLASS_IDS:
-            raise ValueError(f"class id {ref} is not in 0..65535")
-        return int(ref)
+        """The class id ``ref`` names (see :func:`resolve_class`)."""
+        return resolve_class(ref, self.class_names)
 
 
 class Threshold(Operator[ThresholdConfig]):
@@ -62,10 +56,10 @@ class Threshold(Operator[ThresholdConfig]):
 
     def __init__(self, config: ThresholdConfig) -> None:
         super().__init__(config)
-        self._min = np.full(_CLASS_IDS, config.default, dtype=np.float32)
+        self._min = np.full(CLASS_IDS, config.default, dtype=np.float32)
         for ref, score in config.min_score.items():
             self._min[config.class_id(ref)] = score
-        self._allowed = np.full(_CLASS_IDS, config.allow is None)
+        self._allowed = np.full(CLASS_IDS, config.allow is None)
         self._allowed[[config.class_id(ref) for ref in config.allow or []]] = True
         self._allowed[[config.class_id(ref) for ref in config.deny]] = False
 
