@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evc.bench import report, scenarios, storage, vision
+from evc.bench import report, scenarios, storage, uplink, vision
 from evc.bench.frames import DETECTIONS_PER_FRAME
 from evc.errors import EvcError
 from evc.harness import start_broker
@@ -44,14 +44,16 @@ class Plan:
     tail_s: float
     vision_frames: int
     map_frames: int
+    uplink_cameras: int
+    uplink_s: float
 
 
 QUICK = Plan(rounds=3, mqtt_messages=10_000, outbox_records=40_000, rate=1000.0,
              latency_s=5.0, warmup_s=1.0, outage_s=4.0, tail_s=6.0,
-             vision_frames=200, map_frames=100)
+             vision_frames=200, map_frames=100, uplink_cameras=2, uplink_s=10.0)
 FULL = Plan(rounds=5, mqtt_messages=50_000, outbox_records=200_000, rate=1000.0,
             latency_s=20.0, warmup_s=1.0, outage_s=10.0, tail_s=12.0,
-            vision_frames=1000, map_frames=300)
+            vision_frames=1000, map_frames=300, uplink_cameras=4, uplink_s=20.0)
 
 
 class Bench:
@@ -75,6 +77,7 @@ class Bench:
             ("end-to-end latency", self.latency),
             ("drain after outage", self.drain),
             ("on-device vision", self.vision),
+            ("uplink reduction", self.uplink),
         ):
             self.console.rule(name, style="dim")
             try:
@@ -189,6 +192,27 @@ class Bench:
             f"inference p50 {figures.inference_ms_p50:.2f} ms, p99 "
             f"{figures.inference_ms_p99:.2f} ms; mAP@0.5 "
             f"[bold]{figures.sample_model_map50:.3f}[/bold]"
+        )
+
+    def uplink(self) -> None:
+        """Raw detections as JSON beside the gateway's track + aggregate uplink."""
+        plan = self.plan
+        label = f"{plan.uplink_cameras} cameras x 10 fps x {plan.uplink_s:.0f} s"
+        with self.console.status(label), \
+                start_broker("fog") as fog, start_broker("cloud") as cloud:
+            result = uplink.measure(
+                fog, cloud, self._dir("uplink"), cameras=plan.uplink_cameras, fps=10.0,
+                seconds=plan.uplink_s,
+            )
+        self.single["uplink_reduction_ratio"] = result.uplink_reduction_ratio
+        self.single["uplink_bytes_per_device_hour"] = result.uplink_bytes_per_device_hour
+        self.single["uplink_counts_exact"] = result.uplink_counts_exact
+        self.details["uplink"] = asdict(result)
+        self.console.print(
+            f"  {result.json_bytes:,} B as JSON vs {result.pipeline_uplink_bytes:,} B uplink "
+            f"({result.pipeline_uplink_records} records): [bold]"
+            f"{result.uplink_reduction_ratio:.1f}x[/bold]; counts exact: "
+            f"{bool(result.uplink_counts_exact)}"
         )
 
     def all_runs(self) -> dict[str, list[float]]:

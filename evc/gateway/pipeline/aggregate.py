@@ -97,7 +97,7 @@ class Aggregate(Operator[AggregateConfig]):
         closed = self._advance(frame)
         out = replace(frame, summaries=(*frame.summaries, closed)) if closed else frame
         if not self.config.forward_frames:
-            raise Drop("aggregated", frame=out)
+            return out.withhold("aggregated")
         return out
 
     def _advance(self, frame: Frame) -> bytes | None:

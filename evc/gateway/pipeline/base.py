@@ -87,9 +87,17 @@ class Frame:
     # Encoded SUMMARY records an operator (``aggregate``) closed while seeing this frame.
     summaries: tuple[bytes, ...] = ()
     alerts: tuple[Alert, ...] = ()
+    # Why the frame itself will not be forwarded, if an operator withheld it. Unlike a Drop, a
+    # withheld frame still goes through the later operators: `track` may withhold stationary
+    # frames while `aggregate` after it must still count them.
+    withheld: str | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def withhold(self, reason: str) -> Frame:
+        """This frame, not to be forwarded (what operators derive from it still is)."""
+        return self if self.withheld else replace(self, withheld=reason)
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> Frame:

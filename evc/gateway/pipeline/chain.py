@@ -68,8 +68,10 @@ class Pipeline:
                 self._record(operator.name, "error", type(exc).__name__, 0)
                 continue
             removed = before - len(result)
+            if result.withheld and not frame.withheld:
+                self._record(operator.name, "dropped", result.withheld, 0)
             # Attaching events alone is not a change to the detections.
-            if result is frame or (removed == 0 and result.boxes is frame.boxes):
+            elif result is frame or (removed == 0 and result.boxes is frame.boxes):
                 self._record(operator.name, "passed", "", 0)
             else:
                 self._record(operator.name, "changed", operator.reason, removed)
@@ -77,7 +79,8 @@ class Pipeline:
             self._count_alerts(operator.name, frame, result)
             frame = result
         return PipelineResult(
-            frame, frame.encode_events(), frame.encode_alerts(), summaries=frame.summaries
+            None if frame.withheld else frame, frame.encode_events(), frame.encode_alerts(),
+            summaries=frame.summaries,
         )
 
     def flush(self, now_ms: int | None = None) -> list[bytes]:

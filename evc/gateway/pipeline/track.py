@@ -24,7 +24,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from evc.device.reduction import pairwise_iou
-from evc.gateway.pipeline.base import Drop, Frame, Operator, OperatorConfig
+from evc.gateway.pipeline.base import Frame, Operator, OperatorConfig
 from evc.wire import EventFrame, EventType
 
 _TRACK_ID_MODULO = 2**32  # track ids are uint32 on the wire
@@ -105,9 +105,9 @@ class Track(Operator[TrackConfig]):
         mode = self.config.forward_frames
         tracked = replace(frame, events=events) if len(events) else frame
         if mode == "none":
-            raise Drop("events_only" if len(events) else "stationary", frame=tracked)
+            return tracked.withhold("events_only" if len(events) else "stationary")
         if mode == "on_event" and not len(events):
-            raise Drop("stationary")
+            return tracked.withhold("stationary")
         return tracked
 
     def _step(self, tracks: _Tracks, frame: Frame) -> EventFrame:

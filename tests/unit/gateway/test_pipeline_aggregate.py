@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from evc.gateway.pipeline import Aggregate, AggregateConfig, Drop, Frame, Pipeline
+from evc.gateway.pipeline import (
+    Aggregate,
+    AggregateConfig,
+    Drop,
+    Frame,
+    Pipeline,
+    Track,
+    TrackConfig,
+)
 from evc.wire import Kind, decode
 from evc.wire.derived import summaries_from
 
@@ -26,12 +36,12 @@ def aggregate(**config: object) -> Aggregate:
 
 
 def feed(op: Aggregate, f: Frame) -> tuple[str, tuple[bytes, ...]]:
-    """The drop reason ("" if forwarded) and the summaries the frame closed."""
+    """Why the frame is not forwarded ("" if it is) and the summaries it closed."""
     try:
         out = op(f)
     except Drop as drop:
-        return drop.reason, (drop.frame or f).summaries
-    return "", out.summaries
+        return drop.reason, f.summaries
+    return out.withheld or "", out.summaries
 
 
 def test_a_window_closes_on_the_first_frame_past_its_end_with_exact_statistics() -> None:
@@ -108,3 +118,26 @@ def test_pipeline_exposes_snapshots_and_summaries() -> None:
     fresh.restore(state.get)
     assert fresh.snapshot() == state
     assert len(fresh.flush(None)) == 1
+
+
+def test_after_track_every_frame_is_counted_even_the_withheld_stationary_ones() -> None:
+    still = np.asarray([[100, 100, 140, 140]], dtype=np.float32)
+    pipeline = Pipeline([
+        Track(TrackConfig.model_validate({"type": "track"})),
+        aggregate(window_s=10),
+    ])
+    forwarded, summaries = 0, []
+    for seq in range(1, 21):  # one object that never moves, then a frame past the window
+        f = frame(seq, 1000 + seq * 100, [(2, 0.9)])
+        result = pipeline.run(_with_boxes(f, still))
+        forwarded += result.frame is not None
+        summaries.extend(result.summaries)
+    late = pipeline.run(_with_boxes(frame(21, 20_000, [(2, 0.9)]), still))
+    summaries.extend(late.summaries)
+    assert forwarded == 0  # track withheld every frame: appeared-event frame too (aggregate)
+    counts = [summaries_from(decode(s)) for s in summaries]
+    assert sum(int(c.counts.sum()) for c in counts) == 20  # none lost to track's withholding
+
+
+def _with_boxes(f: Frame, boxes: np.ndarray) -> Frame:
+    return replace(f, boxes=np.repeat(boxes, len(f), axis=0))
