@@ -205,6 +205,22 @@ class ForwardConfig(StrictModel):
         return max(int(self.max_bytes_per_s or 0), int(self.batch_max_bytes))
 
 
+class DegradeConfig(StrictModel):
+    """Degradation while offline: summarise detections instead of storing every frame."""
+
+    backlog_records: int | None = Field(
+        None, ge=1,
+        description="When the outbox holds more records than this (checked once per intake "
+        "batch), detections frames the pipeline would forward are summarised per device and "
+        "class over window_s windows (SUMMARY records with exact counts) instead of stored; "
+        "null (the default) never degrades.",
+    )
+    window_s: float = Field(
+        10.0, gt=0, le=86_400,
+        description="Length of a summary window while degraded, in seconds of device time.",
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fog gateway: one per site, beside the site's Mosquitto."""
 
@@ -228,6 +244,11 @@ class GatewayConfig(StrictModel):
         description="Operators run in order over each detections frame before it is stored, "
         "each selected by its type (threshold, zones, min_detections, or a registered one); "
         "empty forwards every record as received.",
+    )
+    degrade: DegradeConfig = Field(
+        default_factory=DegradeConfig,
+        description="Summarise detections frames instead of storing them while the outbox "
+        "backlog is large (a long cloud outage); off by default.",
     )
 
     @field_validator("site", "gateway_id")
@@ -254,6 +275,13 @@ class GatewayConfig(StrictModel):
             raise ValueError(
                 "outbox.max_bytes must be at least ingest.max_payload_bytes, or an accepted "
                 "message could never be stored"
+            )
+        uses_aggregate = any(getattr(op, "type", None) == "aggregate" for op in self.pipeline)
+        if self.degrade.backlog_records is not None and uses_aggregate:
+            # Both would key their summaries by a window's first frame: one would be lost.
+            raise ValueError(
+                "degrade cannot be combined with an aggregate operator in the pipeline; "
+                "the pipeline's aggregate already summarises"
             )
         return self
 

@@ -23,7 +23,7 @@ from evc.config import GatewayConfig, by_priority
 from evc.errors import WireError
 from evc.gateway.commands import PipelineCommands
 from evc.gateway.intake import admit
-from evc.gateway.pipeline import Pipeline, build_pipeline
+from evc.gateway.pipeline import Aggregate, AggregateConfig, Pipeline, build_pipeline
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.metrics import GatewayMetrics, MetricsServer, serve
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
@@ -43,6 +43,9 @@ from evc.wire import (
 from evc.wire.codec import BatchEncoding
 
 log = logging.getLogger(__name__)
+
+# Outbox state key of the degrade windows (pipeline operators' keys start with "pipeline/").
+DEGRADE_STATE_KEY = "degrade/aggregate"
 
 
 class Gateway(Service):
@@ -73,6 +76,9 @@ class Gateway(Service):
         # Stateful operators (aggregate) resume from the snapshot committed with the last batch.
         if self.pipeline is not None:
             self.pipeline.restore(self.outbox.load_state)
+        # Degradation while offline: frames summarised instead of stored over a large backlog.
+        self.degrade: Aggregate | None = None
+        self._restore_degrade()
         # A pipeline pushed by the cloud (and saved in state_dir) replaces the YAML's; it needs
         # the outbox to restore its operators' state.
         self.commands = PipelineCommands(
@@ -160,11 +166,13 @@ class Gateway(Service):
         records: list[NewRecord] = []
         max_bytes = int(self.config.ingest.max_payload_bytes)
         pipeline = self.pipeline  # read once: a pushed config swaps it between batches only
+        degrade = self._degrading()
         for message in messages:
             try:
                 admitted, channel = admit(
                     message.topic, bytes(message.payload), site=self.config.site,
                     max_bytes=max_bytes, pipeline=pipeline,
+                    degrade=degrade, listener=self.metrics.pipeline,
                 )
             except WireError as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
@@ -176,11 +184,12 @@ class Gateway(Service):
             records.extend(admitted)
         started = time.perf_counter()
         try:
-            stored = self.outbox.put(records, state=pipeline.snapshot() if pipeline else None)
+            stored = self.outbox.put(records, state=self._snapshot(pipeline))
         except Exception:
             # The batch will be redelivered: forget what the operators saw of it.
             if pipeline is not None:
                 pipeline.restore(self.outbox.load_state)
+            self._restore_degrade()
             raise
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.committed.inc(stored)
@@ -199,16 +208,48 @@ class Gateway(Service):
         device past their end.
         """
         pipeline = self.pipeline
-        if pipeline is None:
+        if pipeline is None and self.degrade is None:
             return
+        closed = [
+            *(pipeline.flush(None) if pipeline is not None else ()),
+            *(self.degrade.flush(None) if self.degrade is not None else ()),
+        ]
         records = [
             NewRecord(
                 topic=str(DeviceTopic(self.config.site, decode(data).origin, Channel.DETECTIONS)),
                 payload=data, priority=Priority.SUMMARY,
             )
-            for data in pipeline.flush(None)
+            for data in closed
         ]
-        self.metrics.committed.inc(self.outbox.put(records, state=pipeline.snapshot()))
+        self.metrics.committed.inc(self.outbox.put(records, state=self._snapshot(pipeline)))
+
+    # -- degradation while offline -------------------------------------------------------------
+
+    def _degrading(self) -> Aggregate | None:
+        """The degrade operator if this batch is to be summarised (backlog over the limit)."""
+        limit = self.config.degrade.backlog_records
+        if self.degrade is None or limit is None:
+            return None
+        return self.degrade if len(self.outbox) > limit else None
+
+    def _restore_degrade(self) -> None:
+        """(Re)build the degrade windows from the state committed with the last batch."""
+        if self.config.degrade.backlog_records is None:
+            return
+        self.degrade = Aggregate(AggregateConfig(
+            type="aggregate", name="degrade", window_s=self.config.degrade.window_s,
+            forward_frames=False,
+        ))
+        data = self.outbox.load_state(DEGRADE_STATE_KEY)
+        if data is not None:
+            self.degrade.restore(data)
+
+    def _snapshot(self, pipeline: Pipeline | None) -> dict[str, bytes] | None:
+        """The state to commit with a batch: the pipeline's operators' and the degrade windows'."""
+        state = pipeline.snapshot() if pipeline is not None else {}
+        if self.degrade is not None:
+            state[DEGRADE_STATE_KEY] = self.degrade.snapshot()
+        return state or None
 
     # -- uplink --------------------------------------------------------------------------------
 

@@ -10,12 +10,23 @@ is re-encoded under the device's own key and timestamp (so a redelivery still de
 dropped one yields no record. Object events an operator derived from the frame (``track``) become
 one EVENT record under the same key, stored even when the frame itself is dropped. Without a
 pipeline, the device's bytes are stored untouched.
+
+While the gateway degrades (a large backlog, ``degrade:`` in its config), a frame the pipeline
+would forward is fed to ``degrade`` (an ``aggregate`` operator) instead of being stored: only the
+SUMMARY records of the windows it closes are, so the cloud still gets exact counts.
 """
 
 from __future__ import annotations
 
 from evc.errors import OriginMismatchError, SchemaError, TopicError
-from evc.gateway.pipeline import Frame, Pipeline
+from evc.gateway.pipeline import (
+    Aggregate,
+    Drop,
+    Frame,
+    Pipeline,
+    PipelineListener,
+    PipelineResult,
+)
 from evc.outbox import NewRecord, Priority
 from evc.wire import Channel, DeviceTopic, Kind, validate_record
 
@@ -37,14 +48,17 @@ PRIORITY_OF_KIND = {
 
 
 def admit(
-    topic: str, payload: bytes, *, site: str, max_bytes: int, pipeline: Pipeline | None = None
+    topic: str, payload: bytes, *, site: str, max_bytes: int, pipeline: Pipeline | None = None,
+    degrade: Aggregate | None = None, listener: PipelineListener | None = None,
 ) -> tuple[list[NewRecord], Channel]:
     """Validate one device message; return its outbox records and the channel it came on.
 
     The records are the message's own (none when ``pipeline`` dropped the frame: a deliberate
     drop, counted by the pipeline's listener; the message is still acked), then the EVENT record
     of the frame's events and the ALERT record of its alerts (at ``Priority.ALERT``), if an
-    operator derived any.
+    operator derived any. With ``degrade``, a detections frame that would be stored is counted
+    by it instead (reported to ``listener`` as dropped by ``degrade``, reason ``summarised``),
+    and only the SUMMARY records of the windows it closed are returned.
 
     Raises:
         WireError: a subclass naming why the message was refused.
@@ -60,13 +74,18 @@ def admit(
         raise OriginMismatchError(
             f"origin {envelope.origin!r} published on the topic of device {parsed.device!r}"
         )
-    if pipeline is None or envelope.kind is not Kind.DETECTIONS:
+    if (pipeline is None and degrade is None) or envelope.kind is not Kind.DETECTIONS:
         record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
         return [record], parsed.channel
     frame = Frame.from_envelope(envelope)
-    result = pipeline.run(frame)
-    records = []
-    if result.frame is not None:
+    result = pipeline.run(frame) if pipeline is not None else PipelineResult(frame, None, None)
+    records: list[NewRecord] = []
+    if result.frame is not None and degrade is not None:
+        records.extend(
+            NewRecord(topic=topic, payload=summary, priority=Priority.SUMMARY)
+            for summary in _summarise(degrade, result.frame, listener)
+        )
+    elif result.frame is not None:
         # Events alone leave the detections as they came: keep the device's bytes.
         same = result.frame.boxes is frame.boxes
         records.append(NewRecord(
@@ -86,3 +105,16 @@ def admit(
         for summary in result.summaries
     )
     return records, parsed.channel
+
+
+def _summarise(
+    degrade: Aggregate, frame: Frame, listener: PipelineListener | None
+) -> tuple[bytes, ...]:
+    """Count ``frame`` in the degrade windows; return the summaries of the windows it closed."""
+    try:
+        out = degrade(frame)
+    except Drop:
+        return ()  # a redelivered frame already counted: its window holds it
+    if listener is not None:
+        listener.record("degrade", "dropped", "summarised", 0)
+    return out.summaries[len(frame.summaries):]
