@@ -41,6 +41,7 @@ from evc.device import Device, synthetic_detections
 from evc.device.synthetic import FRAME_HEIGHT, FRAME_WIDTH
 from evc.gateway import Gateway
 from evc.harness import Broker
+from evc.wire import Channel, DeviceTopic, Kind, encode_map
 
 Key = tuple[str, int, int]
 
@@ -502,3 +503,20 @@ def scraped(port: int, name: str, **labels: str) -> float | None:
     if samples is None:
         return None
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def await_subscription(gateway: Gateway, device: RawClient, site: str, *, epoch: int) -> None:
+    """Publish heartbeats (which no pipeline operator sees) from ``cam-1`` until the gateway
+    commits one: from then on it is subscribed and nothing published is missed."""
+    topic = str(DeviceTopic(site, "cam-1", Channel.HEARTBEAT))
+    beats = iter(range(1, 1000))
+
+    def subscribed() -> bool:
+        if committed(gateway) >= 1:
+            return True
+        beat = encode_map(Kind.HEARTBEAT, origin="cam-1", epoch=epoch, seq=next(beats),
+                          ts_ms=1, fields={"ok": True})
+        device.publish(topic, beat)
+        return False
+
+    wait_for(subscribed, interval=0.2, message="the gateway's subscription")

@@ -15,8 +15,8 @@ import pytest
 from conftest import (
     EvcProcess,
     RawClient,
+    await_subscription,
     cloud_config,
-    committed,
     gateway_config,
     sample_value,
     scraped,
@@ -28,7 +28,7 @@ from conftest import (
 
 from evc.config import MetricsConfig
 from evc.harness import Broker, free_port
-from evc.wire import Channel, DeviceTopic, Kind, decode, encode_detections, encode_map
+from evc.wire import Channel, DeviceTopic, Kind, decode, encode_detections
 from evc.wire.derived import summaries_from
 
 pytestmark = pytest.mark.integration
@@ -96,19 +96,7 @@ def test_summary_counts_equal_the_published_detections(
             pipeline=[{"type": "aggregate", "window_s": 1}],
         ))
         device = raw_client_factory(evc_fog_broker)
-        beat_topic = str(DeviceTopic(site, "cam-1", Channel.HEARTBEAT))
-        beats = iter(range(1, 1000))
-
-        def subscribed() -> bool:
-            if committed(gateway) >= 1:
-                return True
-            device.publish(beat_topic, encode_map(
-                Kind.HEARTBEAT, origin="cam-1", epoch=EPOCH + 1, seq=next(beats), ts_ms=1,
-                fields={"ok": True},
-            ))
-            return False
-
-        wait_for(subscribed, interval=0.2, message="the gateway's subscription")
+        await_subscription(gateway, device, site, epoch=EPOCH + 1)
         _publish_stream(device, site, rng, expected)
 
         def aggregated() -> float:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import (
     RawClient,
+    await_subscription,
     cloud_config,
     committed,
     gateway_config,
@@ -22,7 +23,6 @@ from conftest import (
 )
 
 from evc.config import ForwardConfig
-from evc.gateway import Gateway
 from evc.harness import Broker
 from evc.wire import (
     Channel,
@@ -31,7 +31,6 @@ from evc.wire import (
     alerts_from,
     decode,
     encode_detections,
-    encode_map,
 )
 
 pytestmark = pytest.mark.integration
@@ -88,22 +87,6 @@ def _stored(store_path: Path, site: str) -> list[tuple[str, int, int, int, bytes
             return []
 
 
-def _await_subscription(gateway: Gateway, device: RawClient, site: str) -> None:
-    """Publish heartbeats until the gateway commits one: it is subscribed from then on."""
-    topic = str(DeviceTopic(site, "cam-1", Channel.HEARTBEAT))
-    beats = iter(range(1, 1000))
-
-    def subscribed() -> bool:
-        if committed(gateway) >= 1:
-            return True
-        beat = encode_map(Kind.HEARTBEAT, origin="cam-1", epoch=EPOCH + 1, seq=next(beats),
-                          ts_ms=1, fields={"ok": True})
-        device.publish(topic, beat)
-        return False
-
-    wait_for(subscribed, interval=0.2, message="the gateway's subscription")
-
-
 def _alert_pipeline() -> list[dict[str, Any]]:
     return [{"type": "alert", "rules": RULES, "class_names": ["person"]}]
 
@@ -124,7 +107,7 @@ def test_scripted_frames_store_exactly_the_expected_alerts(
             pipeline=_alert_pipeline(),
         ))
         device = raw_client_factory(evc_fog_broker)
-        _await_subscription(gateway, device, site)
+        await_subscription(gateway, device, site, epoch=EPOCH + 1)
         for origin, seq, ts_s, centres in SCRIPT:
             topic = str(DeviceTopic(site, origin, Channel.DETECTIONS))
             device.publish(topic, _payload(origin, seq, ts_s, centres))
@@ -175,7 +158,7 @@ def test_an_alert_overtakes_a_backlog_of_detections(
         evc_cloud_broker.stop()
         wait_for(lambda: not gateway.uplink.connected.is_set(), message="the uplink to drop")
         device = raw_client_factory(evc_fog_broker)
-        _await_subscription(gateway, device, site)
+        await_subscription(gateway, device, site, epoch=EPOCH + 1)
         topic = str(DeviceTopic(site, "cam-2", Channel.DETECTIONS))  # no dwell zone there
         for seq in range(1, backlog + 1):
             device.publish(topic, _payload("cam-2", seq, seq, [OUTSIDE]))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import (
     RawClient,
+    await_subscription,
     cloud_config,
-    committed,
     gateway_config,
     sample_value,
     start_cloud,
@@ -28,7 +28,6 @@ from evc.wire import (
     decode,
     detections_from,
     encode_detections,
-    encode_map,
 )
 
 pytestmark = pytest.mark.integration
@@ -94,19 +93,7 @@ def test_pipeline_filters_and_drops_before_the_cloud(
             ),
         )
         device = raw_client_factory(evc_fog_broker)
-        beat_topic = str(DeviceTopic(site, "cam-1", Channel.HEARTBEAT))
-        beats = iter(range(1, 1000))
-
-        # Heartbeats (which the pipeline never sees) are repeated until the gateway subscribed.
-        def subscribed() -> bool:
-            if committed(gateway) >= 1:
-                return True
-            beat = encode_map(Kind.HEARTBEAT, origin="cam-1", epoch=EPOCH + 1, seq=next(beats),
-                              ts_ms=1, fields={"ok": True})
-            device.publish(beat_topic, beat)
-            return False
-
-        wait_for(subscribed, interval=0.2, message="the gateway's subscription")
+        await_subscription(gateway, device, site, epoch=EPOCH + 1)
         for origin, seq, detections, _ in FRAMES:
             topic = str(DeviceTopic(site, origin, Channel.DETECTIONS))
             device.publish(topic, _payload(origin, seq, detections))

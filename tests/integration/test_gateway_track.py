@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import (
     RawClient,
+    await_subscription,
     cloud_config,
-    committed,
     gateway_config,
     sample_value,
     start_cloud,
@@ -29,7 +29,6 @@ from evc.wire import (
     Kind,
     decode,
     encode_detections,
-    encode_map,
     events_from,
 )
 
@@ -89,18 +88,7 @@ def test_track_stores_events_and_only_the_frames_that_made_them(
             ),
         )
         device = raw_client_factory(evc_fog_broker)
-        beat_topic = str(DeviceTopic(site, "cam-1", Channel.HEARTBEAT))
-        beats = iter(range(1, 1000))
-
-        def subscribed() -> bool:
-            if committed(gateway) >= 1:
-                return True
-            beat = encode_map(Kind.HEARTBEAT, origin="cam-1", epoch=EPOCH + 1, seq=next(beats),
-                              ts_ms=1, fields={"ok": True})
-            device.publish(beat_topic, beat)
-            return False
-
-        wait_for(subscribed, interval=0.2, message="the gateway's subscription")
+        await_subscription(gateway, device, site, epoch=EPOCH + 1)
         topic = str(DeviceTopic(site, "cam-1", Channel.DETECTIONS))
         for seq, centre in SCENE.items():
             device.publish(topic, _payload(seq, centre))
