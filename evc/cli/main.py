@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 failure at run time, 2 bad usage or invalid configurati
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -19,13 +18,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from evc import __version__
+from evc.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Handler,
+    command,
+    group,
+    print_result,
+)
 from evc.config import CloudConfig, DeviceConfig, GatewayConfig, load_config
 from evc.errors import ConfigError, EvcError
 from evc.service import Service
 from evc.wire import Kind
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,60 +61,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"evc {__version__}")
     groups = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    gateway = _group(groups, "gateway", "Run the fog gateway daemon.")
-    run = _command(gateway, "run", "Run a gateway until SIGINT/SIGTERM.", _gateway_run)
+    gateway = group(groups, "gateway", "Run the fog gateway daemon.")
+    run = command(gateway, "run", "Run a gateway until SIGINT/SIGTERM.", _gateway_run)
     _config_options(run)
     _configure_options(gateway)
 
-    cloud = _group(groups, "cloud", "Run and inspect cloud ingest.")
-    run = _command(cloud, "run", "Run a cloud ingest worker until SIGINT/SIGTERM.", _cloud_run)
+    cloud = group(groups, "cloud", "Run and inspect cloud ingest.")
+    run = command(cloud, "run", "Run a cloud ingest worker until SIGINT/SIGTERM.", _cloud_run)
     _config_options(run)
-    stats = _command(cloud, "stats", "Print what the cloud store holds.", _cloud_stats)
+    stats = command(cloud, "stats", "Print what the cloud store holds.", _cloud_stats)
     _config_options(stats, validate=False)
     stats.add_argument("--json", action="store_true", help="Print JSON for scripts.")
 
-    device = _group(groups, "device", "Run device nodes.")
-    sim = _command(device, "simulate", "Run simulated cameras publishing detections.", _simulate)
+    device = group(groups, "device", "Run device nodes.")
+    sim = command(device, "simulate", "Run simulated cameras publishing detections.", _simulate)
     _config_options(sim)
     sim.add_argument("--devices", type=int, help="Override simulate.devices.")
     sim.add_argument("--fps", type=float, help="Override simulate.fps (per camera).")
     sim.add_argument("--duration", type=float, help="Override simulate.duration_s.")
     sim.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
-    broker = _group(groups, "broker", "Local Mosquitto brokers for development.")
-    up = _command(broker, "up", "Start a fog and a cloud broker until Ctrl-C.", _broker_up)
+    broker = group(groups, "broker", "Local Mosquitto brokers for development.")
+    up = command(broker, "up", "Start a fog and a cloud broker until Ctrl-C.", _broker_up)
     up.add_argument("--json", action="store_true", help="Print the URLs as JSON.")
 
-    demo = _command(groups, "demo", "Run the whole hierarchy locally and summarise.", _demo)
+    demo = command(groups, "demo", "Run the whole hierarchy locally and summarise.", _demo)
     demo.add_argument("--devices", type=int, default=4, help="Simulated cameras (default 4).")
     demo.add_argument("--fps", type=float, default=20.0, help="Frames/s per camera (default 20).")
     demo.add_argument("--duration", type=float, default=15.0, help="Seconds (default 15).")
     demo.add_argument("--json", action="store_true", help="Print the summary as JSON.")
 
-    bench = _command(groups, "bench", "Measure EVC beside its baselines.", _bench)
+    bench = command(groups, "bench", "Measure EVC beside its baselines.", _bench)
     bench.add_argument("--quick", action="store_true", help="Short runs, for CI.")
     bench.add_argument("--json", action="store_true", help="Print the results as JSON.")
     bench.add_argument(
         "--output", type=Path, help="Write a Markdown report here (e.g. docs/BENCHMARKS.md)."
     )
-    return parser
-
-
-def _group(
-    groups: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    parser = groups.add_parser(name, help=help_text, description=help_text)
-    return parser.add_subparsers(title="commands", metavar="COMMAND")
-
-
-def _command(
-    groups: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    handler: Handler,
-) -> argparse.ArgumentParser:
-    parser = groups.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(handler=handler)
     return parser
 
 
@@ -124,7 +111,7 @@ def _config_options(parser: argparse.ArgumentParser, *, validate: bool = True) -
 
 
 def _configure_options(gateway: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    configure = _command(
+    configure = command(
         gateway, "configure", "Push a pipeline to a running gateway and wait for its reply.",
         _gateway_configure,
     )
@@ -190,7 +177,7 @@ def _gateway_configure(args: argparse.Namespace) -> int:
     )
     summary = asdict(reply)
     if args.json:
-        _print(summary, as_json=True)
+        print_result(summary, as_json=True)
     else:
         print(f"version {reply.version}: {reply.result} (active version {reply.active_version})")
         for error in reply.errors:
@@ -242,7 +229,7 @@ def _cloud_stats(args: argparse.Namespace) -> int:
     store.close()
     summary = asdict(stats)
     summary["by_kind"] = {Kind(kind).name.lower(): count for kind, count in stats.by_kind.items()}
-    _print(summary, as_json=args.json)
+    print_result(summary, as_json=args.json)
     return EXIT_OK
 
 
@@ -273,7 +260,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if result.latencies_ms:
         summary["inference_ms_p50"] = round(result.latency_ms(50) or 0.0, 3)
         summary["inference_ms_p99"] = round(result.latency_ms(99) or 0.0, 3)
-    _print(summary, as_json=args.json)
+    print_result(summary, as_json=args.json)
     return EXIT_OK if result.unsent == 0 else EXIT_FAILURE
 
 
@@ -282,7 +269,7 @@ def _broker_up(args: argparse.Namespace) -> int:
 
     stop = _stop_on_signals()
     with MosquittoBroker(tier="fog") as fog, MosquittoBroker(tier="cloud") as cloud:
-        _print({"fog": fog.url, "cloud": cloud.url}, as_json=args.json)
+        print_result({"fog": fog.url, "cloud": cloud.url}, as_json=args.json)
         if not args.json:
             print("Ctrl-C stops both brokers.", flush=True)
         stop.wait()
@@ -302,18 +289,6 @@ def _bench(args: argparse.Namespace) -> int:
     from evc.bench import run_bench
 
     return run_bench(quick=args.quick, as_json=args.json, output=args.output)
-
-
-def _print(data: dict[str, Any], *, as_json: bool, indent: str = "") -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str), flush=True)
-        return
-    for key, value in data.items():
-        if isinstance(value, dict):
-            print(f"{indent}{key}:" + ("" if value else " none"), flush=True)
-            _print(value, as_json=False, indent=indent + "  ")
-        else:
-            print(f"{indent}{key}: {value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The EVC topic namespace: the only place where topic strings are built and parsed.
 
 Device messages live under ``evc/{site}/dev/{device}/{kind}``; gateway messages under
-``evc/{site}/gw/{gateway}/{kind}``. Names are restricted so that a segment can never smuggle a
+``evc/{site}/gw/{gateway}/{kind}``; the signed manifest of the model a group of a site's devices
+should run under ``evc/{site}/model/{group}/desired`` (retained; group ``all`` is the site's
+default). Names are restricted so that a segment can never smuggle a
 wildcard or a level separator into a topic.
 """
 
@@ -24,7 +26,8 @@ class Channel(StrEnum):
     HEARTBEAT = "hb"
     STATE = "state"
     SAMPLE = "sample"
-    MODEL = "model"
+    MODEL = "model"  # chunk requests of a model artifact, to the tier above
+    CHUNK = "chunk"  # chunks of a model artifact, from the tier above
     COMMAND = "cmd"
     COMMAND_REPLY = "reply"
     BATCH = "batch"
@@ -95,6 +98,40 @@ class GatewayTopic:
         return cls(parts[1], parts[3], _channel(parts[4]))
 
 
+UPLINK_CHANNELS = (Channel.DETECTIONS, Channel.HEARTBEAT, Channel.STATE, Channel.SAMPLE)
+ALL_DEVICES = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredModelTopic:
+    """Where the signed manifest of a group's desired model is retained:
+    ``evc/{site}/model/{group}/desired``; group ``all`` holds the site's default."""
+
+    site: str
+    group: str = ALL_DEVICES
+
+    def __post_init__(self) -> None:
+        validate_name(self.site, what="site")
+        validate_name(self.group, what="device group")
+
+    def __str__(self) -> str:
+        return f"{ROOT}/{self.site}/model/{self.group}/desired"
+
+    @classmethod
+    def parse(cls, topic: str) -> DesiredModelTopic:
+        """Parse a desired-model topic; raise :class:`TopicError` for anything else."""
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[0] != ROOT or parts[2] != "model" or parts[4] != "desired":
+            raise TopicError(f"not a desired-model topic: {topic!r}")
+        return cls(parts[1], parts[3])
+
+
+def desired_model_filter(site: str | None = None) -> str:
+    """Subscription filter for the desired-model manifests of every group of a site (or all)."""
+    site_part = "+" if site is None else validate_name(site, what="site")
+    return f"{ROOT}/{site_part}/model/+/desired"
+
+
 def device_filter(site: str | None = None, channel: Channel | None = None) -> str:
     """Subscription filter for device messages of one site (or all) and one channel (or all)."""
     site_part = "+" if site is None else validate_name(site, what="site")
@@ -102,12 +139,16 @@ def device_filter(site: str | None = None, channel: Channel | None = None) -> st
     return f"{ROOT}/{site_part}/dev/+/{channel_part}"
 
 
-def gateway_filter(channel: Channel, *, share_group: str | None = None) -> str:
-    """Subscription filter for one channel of every gateway, optionally as a shared subscription.
+def gateway_filter(
+    channel: Channel, *, share_group: str | None = None, site: str | None = None
+) -> str:
+    """Subscription filter for one channel of every gateway (of one site, or all), optionally
+    as a shared subscription.
 
     A share group lets several cloud workers split the stream (MQTT 5 ``$share``).
     """
-    topic = f"{ROOT}/+/gw/+/{channel.value}"
+    site_part = "+" if site is None else validate_name(site, what="site")
+    topic = f"{ROOT}/{site_part}/gw/+/{channel.value}"
     if share_group is not None:
         return f"$share/{validate_name(share_group, what='share group')}/{topic}"
     return topic

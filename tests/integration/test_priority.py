@@ -26,8 +26,16 @@ from evc.device import synthetic_detections
 from evc.device.synthetic import FRAME_HEIGHT, FRAME_WIDTH
 from evc.harness import Broker
 from evc.outbox import Priority
-from evc.wire import Channel, DeviceTopic, Kind, encode_detections, encode_map
-from evc.wire.codec import encode
+from evc.wire import (
+    Channel,
+    DeviceTopic,
+    Kind,
+    Region,
+    Sample,
+    encode_detections,
+    encode_map,
+    encode_sample,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +53,14 @@ def _message(site: str, channel: Channel, seq: int, rng: np.random.Generator) ->
             class_ids=classes, scores=scores, boxes=boxes,
         )
     elif channel is Channel.SAMPLE:
-        payload = encode(Kind.SAMPLE, **header, body=rng.bytes(150))
+        # A small crop of noise: about the size of the other records, so eviction is by class.
+        pixels = rng.integers(0, 256, size=(5, 10, 3), dtype=np.uint8)
+        sample = Sample(
+            model_version="t", reason="random", width=FRAME_WIDTH, height=FRAME_HEIGHT,
+            regions=(Region((0, 0, 10, 5), pixels),), class_ids=np.zeros(0, np.uint16),
+            scores=np.zeros(0, np.float32), boxes=np.zeros((0, 4), np.float32),
+        )
+        payload = encode_sample(**header, sample=sample)
     else:
         kind = Kind.STATE if channel is Channel.STATE else Kind.HEARTBEAT
         payload = encode_map(kind, **header, fields={"state": "online", "n": seq})

@@ -543,10 +543,9 @@ def test_batch_from_refuses_other_kinds() -> None:
         batch_from(decode(_frame(1)))
 
 
-def test_sample_records_pass_validation_without_a_body_check() -> None:
-    envelope = validate_record(_envelope({"anything": [1, 2]}, kind=Kind.SAMPLE))
-
-    assert envelope.kind is Kind.SAMPLE
+def test_sample_records_with_a_foreign_body_are_refused() -> None:
+    with pytest.raises(SchemaError, match="sample body"):
+        validate_record(_envelope({"anything": [1, 2]}, kind=Kind.SAMPLE))
 
 
 def test_every_wire_error_reason_is_distinct() -> None:
