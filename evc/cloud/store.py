@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +58,18 @@ class IncomingRecord:
     stored_ms: int
     gateway: str
     detections: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A stored record as :meth:`SqliteRecordStore.iter_records` reads it back."""
+
+    site: str
+    origin: str
+    epoch: int
+    seq: int
+    ts_ms: int
     payload: bytes
 
 
@@ -181,6 +193,38 @@ class SqliteRecordStore:
         }
         by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind"))
         return StoreStats(records, detections, row[0] if row else 0, by_device, by_kind)
+
+    def iter_records(
+        self, *, kind: int, site: str | None = None, since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> Iterator[StoredRecord]:
+        """Stored records of one ``kind``, oldest first (by ``ts_ms``, then key).
+
+        Args:
+            kind: the record kind (``Kind`` value), e.g. 4 for SAMPLE.
+            site: only this site's records, or every site's.
+            since_ms: only records with ``ts_ms >= since_ms``.
+            until_ms: only records with ``ts_ms < until_ms``.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        # NULL parameters switch a filter off, so the query text never varies.
+        query = (
+            "SELECT site, origin, epoch, seq, ts_ms, payload FROM records WHERE kind = :kind"
+            " AND (:site IS NULL OR site = :site)"
+            " AND (:since IS NULL OR ts_ms >= :since) AND (:until IS NULL OR ts_ms < :until)"
+            " ORDER BY ts_ms, site, origin, epoch, seq"
+        )
+        args = {"kind": kind, "site": site, "since": since_ms, "until": until_ms}
+        with self._lock:
+            try:
+                rows = self._db.execute(query, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read records of kind {kind}: {exc}") from exc
+        # Rows are fetched under the lock, then yielded, so a slow consumer never holds it.
+        for row in rows:
+            yield StoredRecord(*row)
 
     def close(self) -> None:
         with self._lock:
