@@ -12,7 +12,8 @@ Every message is one msgpack array, so any stock msgpack decoder can read it::
 milliseconds. ``docs/PROTOCOL.md`` describes every byte.
 
 Detection bodies are columnar to stay small: class ids, scores and boxes are packed little-endian
-into msgpack ``bin`` fields (scores as uint8 /255, boxes as uint16 /65535 of the frame size).
+into msgpack ``bin`` fields (scores as uint8 /255, boxes as uint16 /65535 of the frame size). An
+optional seventh field tags detections with the named zone their box centre lies in.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
 DEFAULT_ZSTD_LEVEL = 3
 MAX_DETECTIONS_PER_FRAME = 4096
+# Zone tags are uint8 indices into a per-record list of names, 0 meaning "in no zone".
+MAX_ZONE_NAMES = 255
+MAX_ZONE_NAME_CHARS = 64
 BOX_SCALE = 65535.0  # boxes travel as uint16 fractions of the frame size
 SCORE_SCALE = 255.0  # scores and other fractions travel as uint8
 # Key fields and timestamps must fit a signed 64-bit integer: SQLite and PostgreSQL store them
@@ -108,7 +112,9 @@ class Envelope:
 class DetectionFrame:
     """The detections of one video frame, as numpy columns.
 
-    Boxes are ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame.
+    Boxes are ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame. ``zone_ids`` is
+    None for an untagged record; otherwise, per detection, 0 (in no zone) or ``i + 1`` for the
+    zone named ``zone_names[i]``.
     """
 
     model_version: str
@@ -117,6 +123,8 @@ class DetectionFrame:
     class_ids: npt.NDArray[np.uint16]
     scores: npt.NDArray[np.float32]
     boxes: npt.NDArray[np.float32]
+    zone_names: tuple[str, ...] = ()
+    zone_ids: npt.NDArray[np.uint8] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -217,9 +225,27 @@ def encode_detections(
     class_ids: npt.ArrayLike,
     scores: npt.ArrayLike,
     boxes: npt.ArrayLike,
+    zone_names: Sequence[str] = (),
+    zone_ids: npt.ArrayLike | None = None,
 ) -> bytes:
-    """Encode one frame of detections (boxes as ``x1, y1, x2, y2`` pixels)."""
-    columns = _object_columns(width, height, class_ids, scores, boxes)
+    """Encode one frame of detections (boxes as ``x1, y1, x2, y2`` pixels).
+
+    With ``zone_ids`` (per detection 0, or ``i + 1`` for ``zone_names[i]``) the body gets its
+    optional zone field; without, it is the 6-field body, byte for byte.
+
+    Raises:
+        SchemaError: columns that disagree or are out of range, or zone tags that
+            :func:`detections_from` would refuse.
+    """
+    columns: list[Any] = _object_columns(width, height, class_ids, scores, boxes)
+    if zone_ids is not None:
+        ids = np.asarray(zone_ids).reshape(-1)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) > MAX_ZONE_NAMES):
+            raise SchemaError(f"zone ids must be in 0..{MAX_ZONE_NAMES}")
+        columns.append([list(zone_names), ids.astype("<u1").tobytes()])
+        _check_zones(columns[-1], len(columns[1]))
+    elif zone_names:
+        raise SchemaError("zone_names given without zone_ids")
     body = [model_version, width, height, *columns]
     return encode(Kind.DETECTIONS, origin=origin, epoch=epoch, seq=seq, ts_ms=ts_ms, body=body)
 
@@ -262,12 +288,18 @@ def _object_arrays(
 
 
 def detections_from(envelope: Envelope) -> DetectionFrame:
-    """Validate and unpack the body of a detections envelope."""
-    model_version, width, height, classes, scores, boxes = _checked_detections(envelope)
+    """Validate and unpack the body of a detections envelope (6 fields, or 7 with zone tags).
+
+    Raises:
+        SchemaError: not a DETECTIONS envelope, or its body is not of the documented shape.
+    """
+    model_version, width, height, classes, scores, boxes, zones = _checked_detections(envelope)
     class_ids, score_arr, box_arr = _object_arrays(width, height, classes, scores, boxes)
+    names, ids = ((), None) if zones is None else (tuple(zones[0]), zones[1])
     return DetectionFrame(
         model_version=model_version, width=width, height=height,
-        class_ids=class_ids, scores=score_arr, boxes=box_arr,
+        class_ids=class_ids, scores=score_arr, boxes=box_arr, zone_names=names,
+        zone_ids=None if ids is None else np.frombuffer(ids, dtype="<u1").astype(np.uint8),
     )
 
 
@@ -278,16 +310,39 @@ def detection_count(envelope: Envelope) -> int:
     return len(_checked_detections(envelope)[4])  # one score byte per detection
 
 
-def _checked_detections(envelope: Envelope) -> tuple[str, int, int, bytes, bytes, bytes]:
-    """The fields of a detections body after every type and length check (no arrays built)."""
+def _checked_detections(
+    envelope: Envelope,
+) -> tuple[str, int, int, bytes, bytes, bytes, list[Any] | None]:
+    """The fields of a detections body after every type and length check (no arrays built);
+    the last is the zone field ``[names, ids]``, or None when the body has none."""
     body = envelope.body
     if envelope.kind is not Kind.DETECTIONS:
         raise SchemaError(f"expected a detections message, got {envelope.kind.name}")
-    if not isinstance(body, list) or len(body) != 6:
-        raise SchemaError("detections body must be an array of 6 fields")
-    model_version, width, height, classes, scores, boxes = body
-    _check_object_columns(body)
-    return model_version, width, height, classes, scores, boxes
+    if not isinstance(body, list) or len(body) not in (6, 7):
+        raise SchemaError("detections body must be an array of 6 or 7 fields")
+    model_version, width, height, classes, scores, boxes = body[:6]
+    _check_object_columns(body[:6])
+    zones = body[6] if len(body) == 7 else None
+    if zones is not None:
+        _check_zones(zones, len(scores))
+    return model_version, width, height, classes, scores, boxes, zones
+
+
+def _check_zones(field: Any, count: int) -> None:
+    """Check the optional zone field ``[names, ids]`` of a body of ``count`` detections."""
+    if not isinstance(field, list) or len(field) != 2:
+        raise SchemaError("zone field must be an array of 2 fields: names and ids")
+    names, ids = field
+    if not isinstance(names, list) or len(names) > MAX_ZONE_NAMES:
+        raise SchemaError(f"zone names must be an array of at most {MAX_ZONE_NAMES}")
+    if not all(isinstance(n, str) and 0 < len(n) <= MAX_ZONE_NAME_CHARS for n in names):
+        raise SchemaError(f"zone names must be strings of 1..{MAX_ZONE_NAME_CHARS} characters")
+    if len(set(names)) != len(names):
+        raise SchemaError("zone names must be unique")
+    if type(ids) is not bytes or len(ids) != count:
+        raise SchemaError("zone ids must be a bin field of one byte per detection")
+    if count and max(ids) > len(names):
+        raise SchemaError(f"zone id {max(ids)} does not name one of {len(names)} zones")
 
 
 def _check_object_columns(fields: Sequence[Any]) -> None:

@@ -10,6 +10,8 @@ An operator may also derive object events from a frame (``track`` does): it atta
 :attr:`Frame.events`. Events outlive a drop of their frame (an operator passes the frame with its
 events to :class:`Drop`), and the intake stores them as one EVENT record under the frame's key.
 Alerts (``alert``) ride the same way as :attr:`Frame.alerts`, stored as one ALERT record.
+Zone tags (``zones`` in ``tag`` mode) are part of the detections record itself
+(:meth:`Frame.tag`), so a tagged frame is re-encoded with them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +72,8 @@ class Frame:
 
     ``origin`` is the device id (the gateway has checked it against the topic). Boxes are
     ``x1, y1, x2, y2`` in pixels of a ``width`` x ``height`` frame. ``events`` are the object
-    events an operator derived from this frame, if any.
+    events an operator derived from this frame, if any. ``zone_ids`` is None for an untagged
+    frame, else per detection 0 (in no zone) or ``i + 1`` for the zone ``zone_names[i]``.
     """
 
     origin: str
@@ -91,6 +94,8 @@ class Frame:
     # withheld frame still goes through the later operators: `track` may withhold stationary
     # frames while `aggregate` after it must still count them.
     withheld: str | None = None
+    zone_names: tuple[str, ...] = ()
+    zone_ids: npt.NDArray[np.uint8] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -107,14 +112,32 @@ class Frame:
             origin=envelope.origin, epoch=envelope.epoch, seq=envelope.seq,
             ts_ms=envelope.ts_ms, model_version=det.model_version, width=det.width,
             height=det.height, class_ids=det.class_ids, scores=det.scores, boxes=det.boxes,
+            zone_names=det.zone_names, zone_ids=det.zone_ids,
         )
 
     def select(self, keep: npt.NDArray[np.bool_]) -> Frame:
         """The frame with only the detections where ``keep`` is true (``self`` if all are)."""
         if bool(keep.all()):
             return self
+        zone_ids = None if self.zone_ids is None else self.zone_ids[keep]
+        if zone_ids is not None and not zone_ids.any():
+            zone_ids = None  # no tagged detection left: back to the plain 6-field record
         return replace(
-            self, class_ids=self.class_ids[keep], scores=self.scores[keep], boxes=self.boxes[keep]
+            self, class_ids=self.class_ids[keep], scores=self.scores[keep], boxes=self.boxes[keep],
+            zone_names=self.zone_names if zone_ids is not None else (), zone_ids=zone_ids,
+        )
+
+    def tag(self, zone_names: Sequence[str], zone_ids: npt.NDArray[np.uint8]) -> Frame:
+        """The frame with its detections tagged: ``zone_ids`` holds, per detection, 0 (in no
+        zone) or ``i + 1`` for ``zone_names[i]``. Replaces any tags the frame carried."""
+        if len(zone_ids) != len(self):
+            raise ValueError(f"{len(zone_ids)} zone ids for {len(self)} detections")
+        # A fresh box column: the pipeline and the intake recognise an untouched record (whose
+        # device bytes are forwarded as they came) by the identity of its boxes, and a tagged
+        # record must be encoded again to carry its tags.
+        return replace(
+            self, boxes=self.boxes.copy(), zone_names=tuple(zone_names),
+            zone_ids=np.asarray(zone_ids, dtype=np.uint8),
         )
 
     def centres(self) -> npt.NDArray[np.float32]:
@@ -127,6 +150,7 @@ class Frame:
             origin=self.origin, epoch=self.epoch, seq=self.seq, ts_ms=self.ts_ms,
             model_version=self.model_version, width=self.width, height=self.height,
             class_ids=self.class_ids, scores=self.scores, boxes=self.boxes,
+            zone_names=self.zone_names, zone_ids=self.zone_ids,
         )
 
     def encode_alerts(self) -> bytes | None:
@@ -186,10 +210,11 @@ ConfigT = TypeVar("ConfigT", bound=OperatorConfig)
 class Operator(ABC, Generic[ConfigT]):
     """One pipeline stage, built from its config.
 
-    ``reason`` labels the frames this operator changes (removes detections from).
+    ``reason`` labels the frames this operator changes (removes detections from, or tags); an
+    operator whose change depends on its config may set it per instance.
     """
 
-    reason: ClassVar[str] = "filtered"
+    reason: str = "filtered"
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
