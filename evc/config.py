@@ -221,6 +221,64 @@ class DegradeConfig(StrictModel):
     )
 
 
+class ModelTrustConfig(StrictModel):
+    """Model updates this node accepts: signed by one of these keys."""
+
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (.pub files, or folders of them) a model manifest "
+        "must be signed with; empty: this node takes no model updates.",
+    )
+
+
+class GatewayModelsConfig(ModelTrustConfig):
+    """Model delivery through the gateway: fetched once from the cloud, cached, served."""
+
+    cache_max_bytes: ByteSize | None = Field(
+        None, description="Evict least recently used artifacts past this size; null: keep all."
+    )
+
+
+class DeviceModelsConfig(ModelTrustConfig):
+    """Model updates on a device: verified, smoke-tested, swapped, rolled back if bad."""
+
+    group: str = Field(
+        "all", description="Rollout group (e.g. canary); `all` follows only the site default."
+    )
+    smoke_max_ms: float = Field(
+        2000.0, gt=0, description="A new model slower than this on its smoke test is refused."
+    )
+    probation_s: float = Field(
+        60.0, ge=0, description="Seconds a swapped-in model is watched before it is trusted."
+    )
+    max_latency_ratio: float = Field(
+        2.0, gt=0, description="Roll back when probation latency exceeds this times the old."
+    )
+    max_error_rate: float = Field(
+        0.05, ge=0, lt=1, description="Roll back when this share of probation frames fail."
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _valid_group(cls, value: str) -> str:
+        return _name(value, "group")
+
+
+class CloudModelsConfig(StrictModel):
+    """Model registry, artifact serving and staged rollouts in the cloud."""
+
+    registry: Path | None = Field(
+        None, description="Model registry folder; null: this worker serves no models."
+    )
+    rollouts: bool = Field(
+        True, description="Advance staged rollouts here; enable in one worker per deployment."
+    )
+    tick_s: float = Field(2.0, gt=0, description="Seconds between rollout steps.")
+    report_window_s: float = Field(
+        300.0, gt=0, description="Devices heard from within this window count in a rollout."
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fog gateway: one per site, beside the site's Mosquitto."""
 
@@ -249,6 +307,10 @@ class GatewayConfig(StrictModel):
         default_factory=DegradeConfig,
         description="Summarise detections frames instead of storing them while the outbox "
         "backlog is large (a long cloud outage); off by default.",
+    )
+    models: GatewayModelsConfig = Field(
+        default_factory=GatewayModelsConfig,
+        description="Model updates for the site's devices; off without trusted keys.",
     )
 
     @field_validator("site", "gateway_id")
@@ -322,6 +384,9 @@ class CloudConfig(StrictModel):
     cloud: BrokerConfig = Field(default_factory=BrokerConfig, description="The cloud broker.")
     ingest: CloudIngestConfig = Field(default_factory=CloudIngestConfig, description="Intake.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Record store.")
+    models: CloudModelsConfig = Field(
+        default_factory=CloudModelsConfig, description="Model registry and rollouts."
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Logging level."
@@ -343,6 +408,11 @@ class SimulationConfig(StrictModel):
     )
     processes: int = Field(
         1, ge=1, le=64, description="Split the cameras over this many processes."
+    )
+    shift_after_s: float | None = Field(
+        None, gt=0,
+        description="Shift every camera's scene to the shifted domain after this many seconds "
+        "(a new background and colours: the sample model's accuracy drops); null: never.",
     )
 
 
@@ -379,6 +449,87 @@ class PublishConfig(StrictModel):
     )
 
 
+class NearThresholdSampler(StrictModel):
+    """Sample a frame when any score lies in ``low..high``: the model was unsure."""
+
+    type: Literal["near_threshold"] = Field(description="Selects this sampler.")
+    low: float = Field(0.25, ge=0, le=1, description="Lowest score that counts as unsure.")
+    high: float = Field(0.5, ge=0, le=1, description="Highest score that counts as unsure.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NearThresholdSampler:
+        if self.low > self.high:
+            raise ValueError("low must not be above high")
+        return self
+
+
+class FewSampler(StrictModel):
+    """Sample a frame with fewer than ``count`` detections (objects may have been missed)."""
+
+    type: Literal["few"] = Field(description="Selects this sampler.")
+    count: int = Field(1, ge=1, le=100_000, description="Fewer detections than this sample.")
+
+
+class ManySampler(StrictModel):
+    """Sample a frame with more than ``count`` detections (a crowded, hard scene)."""
+
+    type: Literal["many"] = Field(description="Selects this sampler.")
+    count: int = Field(20, ge=0, le=100_000, description="More detections than this sample.")
+
+
+class ClassesSampler(StrictModel):
+    """Sample a frame in which one of the listed classes was detected (rare classes)."""
+
+    type: Literal["classes"] = Field(description="Selects this sampler.")
+    class_ids: list[Annotated[int, Field(ge=0, le=65535)]] = Field(
+        ..., min_length=1, description="Class ids whose presence makes a frame a sample."
+    )
+
+
+class RandomSampler(StrictModel):
+    """Sample a frame at random: an unbiased view of what the camera sees."""
+
+    type: Literal["random"] = Field(description="Selects this sampler.")
+    probability: float = Field(0.01, ge=0, le=1, description="Chance that a frame is sampled.")
+
+
+SamplerConfig = Annotated[
+    NearThresholdSampler | FewSampler | ManySampler | ClassesSampler | RandomSampler,
+    Field(discriminator="type"),
+]
+
+
+def _default_samplers() -> list[SamplerConfig]:
+    return [NearThresholdSampler(type="near_threshold")]
+
+
+class SamplingConfig(StrictModel):
+    """Which frames a device uploads as hard examples for the learning loop (SAMPLE records)."""
+
+    enabled: bool = Field(False, description="Offer frames to the samplers at all.")
+    samplers: list[SamplerConfig] = Field(
+        default_factory=_default_samplers,
+        description="Tried in order; the first that picks a frame names the sample's reason "
+        "(near_threshold, few, many, classes or random).",
+    )
+    content: Literal["frame", "crops"] = Field(
+        "frame",
+        description="Upload the whole frame, or only crops around the boxes (where whole "
+        "frames may not leave the camera).",
+    )
+    crop_margin: int = Field(
+        4, ge=0, le=1024, description="Pixels kept around each box when content is crops."
+    )
+    max_per_minute: int = Field(6, ge=0, description="Samples sent per minute, at most.")
+    max_per_hour: int = Field(60, ge=0, description="Samples sent per hour, at most.")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> SamplingConfig:
+        if self.max_per_minute > self.max_per_hour:
+            raise ValueError("max_per_minute must not exceed max_per_hour")
+        return self
+
+
 class DeviceConfig(StrictModel):
     """A device node (or a set of simulated ones)."""
 
@@ -408,6 +559,14 @@ class DeviceConfig(StrictModel):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Frame policy.")
     simulate: SimulationConfig = Field(
         default_factory=SimulationConfig, description="Used by `evc device simulate`."
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="Hard examples uploaded for retraining (SAMPLE records); off by default.",
+    )
+    models: DeviceModelsConfig = Field(
+        default_factory=DeviceModelsConfig,
+        description="Signed model updates through the fog; off without trusted keys.",
     )
 
     @field_validator("site", "device_id")

@@ -285,6 +285,49 @@ class GatewayMetrics:
             "Pipeline configs pushed on the command topic, by result (applied, rejected, stale).",
             ["result"], registry=r,
         )
+        self.downlink_relayed = Counter(
+            "evc_gateway_downlink_relayed_total",
+            "Device commands relayed down to the fog broker and replies relayed up, by direction.",
+            ["direction"], registry=r,
+        )
+        self.downlink_refused = Counter(
+            "evc_gateway_downlink_refused_total",
+            "Device commands or replies not relayed (wrong site or topic, too large).",
+            ["direction"], registry=r,
+        )
+        self.models = ModelDeliveryMetrics(r, "evc_gateway")
+
+
+class ModelDeliveryMetrics:
+    """Model updates through a gateway: manifests, the one fetch per artifact, serving devices."""
+
+    def __init__(self, r: CollectorRegistry, prefix: str) -> None:
+        self.manifests = Counter(
+            f"{prefix}_model_manifests_total",
+            "Desired-model manifests seen, by result (relayed, cleared, refused).",
+            ["result"], registry=r,
+        )
+        self.refused = Counter(
+            f"{prefix}_model_refused_total",
+            "Model updates or chunks refused, by reason (signature, unknown_key, "
+            "chunk_digest, digest, ...).",
+            ["reason"], registry=r,
+        )
+        self.fetched_bytes = Counter(
+            f"{prefix}_model_fetched_bytes_total",
+            "Artifact bytes received from the tier above (the model's uplink cost).",
+            registry=r,
+        )
+        self.served_bytes = CallbackCounter(
+            r, f"{prefix}_model_served_bytes", "Artifact bytes served to devices from the cache.",
+            _zero,
+        )
+        self.served_chunks = CallbackCounter(
+            r, f"{prefix}_model_served_chunks", "Chunks served to devices.", _zero,
+        )
+        self.cached = Gauge(
+            f"{prefix}_model_cached_artifacts", "Complete artifacts in the cache.", registry=r,
+        )
 
 
 class CloudMetrics:

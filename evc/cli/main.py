@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evc import __version__
+from evc.cli import dataset, model
 from evc.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -80,6 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fps", type=float, help="Override simulate.fps (per camera).")
     sim.add_argument("--duration", type=float, help="Override simulate.duration_s.")
     sim.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+    configure = command(
+        device, "configure", "Push settings to a device (through its gateway) and wait for "
+        "its reply.", _device_configure,
+    )
+    configure.add_argument("--cloud", required=True, help="Cloud broker URL (mqtt://host:port).")
+    configure.add_argument("--site", required=True, help="The device's site.")
+    configure.add_argument("--device", required=True, help="The device id.")
+    configure.add_argument(
+        "--settings", type=Path, required=True,
+        help="YAML file with any of publish:, heartbeat_interval_s:, sampling:.",
+    )
+    configure.add_argument(
+        "--version", type=int, required=True, dest="config_version", metavar="N",
+        help="Settings version; must exceed the device's active one to be applied.",
+    )
+    configure.add_argument("--timeout", type=float, default=10.0, help="Seconds (default 10).")
+    configure.add_argument("--json", action="store_true", help="Print the reply as JSON.")
+
+    model.add_commands(groups)
+    dataset.add_commands(groups)
 
     broker = group(groups, "broker", "Local Mosquitto brokers for development.")
     up = command(broker, "up", "Start a fog and a cloud broker until Ctrl-C.", _broker_up)
@@ -262,6 +284,30 @@ def _simulate(args: argparse.Namespace) -> int:
         summary["inference_ms_p99"] = round(result.latency_ms(99) or 0.0, 3)
     print_result(summary, as_json=args.json)
     return EXIT_OK if result.unsent == 0 else EXIT_FAILURE
+
+
+def _device_configure(args: argparse.Namespace) -> int:
+    import yaml
+
+    from evc.device.commands import push_device_settings
+    from evc.mqtt.client import BrokerAddress
+
+    settings = yaml.safe_load(args.settings.read_text(encoding="utf-8")) or {}
+    if not isinstance(settings, dict):
+        print(f"evc: {args.settings} must hold a mapping of settings", file=sys.stderr)
+        return EXIT_USAGE
+    reply = push_device_settings(
+        address=BrokerAddress.from_url(args.cloud), site=args.site, device=args.device,
+        version=args.config_version, settings=settings, timeout_s=args.timeout,
+    )
+    if args.json:
+        print_result(reply, as_json=True)
+    else:
+        print(f"device {args.site}/{args.device}: {reply['result']} "
+              f"(active version {reply['active_version']})", flush=True)
+        for error in reply.get("errors") or []:
+            print(f"  {error['path'] or '(command)'}: {error['message']}", flush=True)
+    return EXIT_OK if reply["applied"] else EXIT_FAILURE
 
 
 def _broker_up(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
+from evc.cloud.models import ModelService
 from evc.cloud.store import IncomingRecord, RecordStore, SqliteRecordStore
 from evc.config import CloudConfig
 from evc.errors import SchemaError, WireError
@@ -48,6 +49,13 @@ class CloudIngest(Service):
             max_batch=config.ingest.max_batch,
             max_delay_s=config.ingest.max_delay_ms / 1000,
         )
+        self.models: ModelService | None = None
+        if config.models.registry is not None and isinstance(self.store, SqliteRecordStore):
+            self.models = ModelService(
+                address=config.cloud.address, registry=config.models.registry, store=self.store,
+                rollouts=config.models.rollouts, tick_s=config.models.tick_s,
+                report_window_s=config.models.report_window_s,
+            )
         self.metrics.connected.set_function(lambda: float(self.consumer.connected.is_set()))
         self.metrics.commit_failures.read = lambda: self.consumer.commit_failures
 
@@ -58,12 +66,16 @@ class CloudIngest(Service):
                 self.metrics.registry, host=self.config.metrics.host, port=self.config.metrics.port
             )
         self.consumer.start()
+        if self.models is not None:
+            self.models.start()
         log.info(
             "cloud ingest %s up on %s", self.config.ingest.worker_id, self.config.cloud.address
         )
 
     def stop(self) -> None:
         """Commit what is pending, disconnect, close the store."""
+        if self.models is not None:
+            self.models.stop()
         self.consumer.stop()
         self.store.close()
         if self.metrics_server:

@@ -17,17 +17,32 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from evc.device.commands import DeviceCommands, DeviceSettings
 from evc.device.health import InferenceHealth
+from evc.device.model_slot import ModelSlot
 from evc.device.reduction import ChangeFilter, PublishMode
+from evc.device.sampling import HardExampleSampler, Truth
+from evc.device.updates import ModelUpdater
 from evc.errors import DeviceNotStartedError, PayloadTooLargeError
 from evc.identity import SequenceCounter, next_boot_epoch
+from evc.models.signing import TrustedKeys
 from evc.mqtt import BrokerAddress, OneToOnePacker, OutboxForwarder, Will
 from evc.outbox import NewRecord, Outbox, Priority, now_ms
-from evc.wire import Channel, DeviceTopic, IdempotencyKey, Kind, encode_detections, encode_map
+from evc.wire import (
+    ALL_DEVICES,
+    Channel,
+    DeviceTopic,
+    IdempotencyKey,
+    Kind,
+    encode_detections,
+    encode_map,
+)
 from evc.wire.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from evc.wire.samples import Sample, Scalar, encode_sample
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +88,8 @@ class Device:
             ``max_packet_size``, or one oversized record would block the ones behind it.
         change_filter: decides which frames :meth:`publish_frame` publishes; the default
             publishes every frame.
+        sampler: picks the hard examples among the frames given to :meth:`publish_frame` with
+            their image, and uploads them as SAMPLE records within its budget.
 
     Example::
 
@@ -94,6 +111,7 @@ class Device:
         heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
         max_record_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         change_filter: ChangeFilter | None = None,
+        sampler: HardExampleSampler | None = None,
     ) -> None:
         self.device_id = device_id
         self.site = site
@@ -102,6 +120,8 @@ class Device:
         self.max_record_bytes = max_record_bytes
         self.change_filter = change_filter or ChangeFilter(mode=PublishMode.EVERY_FRAME)
         self.health = InferenceHealth()
+        self.sampler = sampler
+        self.samples_sent = 0
         self.address = (
             broker if isinstance(broker, BrokerAddress) else BrokerAddress.from_url(broker)
         )
@@ -128,6 +148,49 @@ class Device:
             on_disconnect=self._renew_will,
         )
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._state_dir = Path(state_dir)
+        self.models: ModelUpdater | None = None
+        self.commands: DeviceCommands | None = None
+
+    # -- what the cloud may change ---------------------------------------------------------------
+
+    def follow_models(
+        self, slot: ModelSlot, *, trusted: TrustedKeys, group: str = ALL_DEVICES
+    ) -> ModelUpdater:
+        """Keep ``slot`` on the model the site wants: signed manifests through the fog, verified
+        here, swapped between frames by the slot. Call before :meth:`start`. Heartbeats then
+        report the active model, its state, the group and refused updates."""
+        self.models = ModelUpdater(
+            site=self.site, device_id=self.device_id, group=group, address=self.address,
+            slot=slot, trusted=trusted, folder=self._state_dir / f"{self.device_id}.downloads",
+        )
+        return self.models
+
+    def accept_settings(self) -> DeviceCommands:
+        """Take settings the cloud pushes (frame policy, heartbeat interval, sampling) through
+        the gateway; the last applied ones are restored at once. Call before :meth:`start`."""
+        self.commands = DeviceCommands(
+            site=self.site, device_id=self.device_id, address=self.address,
+            state_dir=self._state_dir, apply=self.apply_settings,
+        )
+        return self.commands
+
+    def apply_settings(self, settings: DeviceSettings) -> None:
+        """Make ``settings`` the running ones; sections left out stay as they are.
+
+        Each is swapped in whole, so the camera loop sees the old or the new one, never half.
+        """
+        if settings.publish is not None:
+            policy = settings.publish
+            self.change_filter = ChangeFilter(
+                mode=policy.mode, iou_threshold=policy.iou_threshold,
+                keyframe_interval_s=policy.keyframe_interval_s,
+            )
+        if settings.heartbeat_interval_s is not None:
+            self.heartbeat_interval_s = settings.heartbeat_interval_s  # read at each beat
+        if settings.sampling is not None:
+            enabled = settings.sampling.enabled
+            self.sampler = HardExampleSampler(settings.sampling) if enabled else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -136,6 +199,10 @@ class Device:
         self.forwarder.start()
         if self.heartbeat_interval_s > 0:
             self._heartbeat.start()
+        if self.models is not None:
+            self.models.start()
+        if self.commands is not None:
+            self.commands.start()
         return self
 
     def close(self, *, drain_timeout_s: float = 5.0) -> None:
@@ -143,6 +210,10 @@ class Device:
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join(timeout=2)
+        if self.commands is not None:
+            self.commands.stop()
+        if self.models is not None:
+            self.models.stop()
         self.forwarder.stop(
             drain_timeout_s=drain_timeout_s,
             goodbye=(self._topics[Channel.STATE], self._state("offline")),
@@ -199,24 +270,89 @@ class Device:
         return IdempotencyKey(self.device_id, self.epoch, seq)
 
     def publish_frame(
-        self, detections: DetectorOutput, *, model_version: str | None = None
+        self,
+        detections: DetectorOutput,
+        *,
+        model_version: str | None = None,
+        image: npt.NDArray[np.uint8] | None = None,
+        truth: Truth | None = None,
+        meta: Mapping[str, Scalar] | None = None,
     ) -> IdempotencyKey | None:
         """Publish a detector's output for one frame, unless the change filter suppresses it.
 
-        Also records the frame's inference latency for heartbeats. Returns the record's key, or
-        ``None`` when the frame was suppressed (counted in ``change_filter.counts``).
+        Also records the frame's inference latency for heartbeats. With a ``sampler`` and the
+        frame's ``image``, the frame is offered to the sampler too (even when the change
+        filter suppresses its detections: an unchanged scene can still be a hard one), and a
+        hard example within the budget is published as a SAMPLE record. A sample too large to
+        publish is counted by the sampler as ``too_large``, not raised: the camera loop goes on.
+
+        Args:
+            detections: the detector's output for the frame.
+            model_version: the model that produced it; defaults to the device's.
+            image: the frame the model saw, for hard-example sampling.
+            truth: the frame's ground truth (class ids, boxes), when known (synthetic scenes).
+            meta: scalars stored with a sample (e.g. where ``truth`` came from).
+
+        Returns:
+            The detections record's key, or ``None`` when the frame was suppressed (counted in
+            ``change_filter.counts``).
         """
         self.health.record(
             detections.preprocess_ms + detections.inference_ms + detections.postprocess_ms
         )
-        if not self.change_filter.should_publish(
-            detections.class_ids, detections.boxes, now_s=time.monotonic()
-        ):
-            return None
-        return self.publish_detections(
-            class_ids=detections.class_ids, scores=detections.scores, boxes=detections.boxes,
-            width=detections.width, height=detections.height, model_version=model_version,
+        now_s = time.monotonic()
+        key = None
+        if self.change_filter.should_publish(detections.class_ids, detections.boxes, now_s=now_s):
+            key = self.publish_detections(
+                class_ids=detections.class_ids, scores=detections.scores,
+                boxes=detections.boxes, width=detections.width, height=detections.height,
+                model_version=model_version,
+            )
+        if self.sampler is not None and image is not None:
+            self._offer(
+                self.sampler, detections, image, now_s=now_s,
+                model_version=model_version, truth=truth, meta=meta,
+            )
+        return key
+
+    def publish_sample(self, sample: Sample, *, ts_ms: int | None = None) -> IdempotencyKey:
+        """Publish one hard example at the lowest priority; return its key.
+
+        Raises:
+            PayloadTooLargeError: the encoded sample exceeds ``max_record_bytes`` (send crops,
+                or a smaller frame).
+        """
+        seq = self._seq.next()
+        payload = encode_sample(
+            origin=self.device_id, epoch=self.epoch, seq=seq,
+            ts_ms=now_ms() if ts_ms is None else ts_ms, sample=sample,
         )
+        self._enqueue(Channel.SAMPLE, payload, Priority.SAMPLE)
+        self.samples_sent += 1
+        return IdempotencyKey(self.device_id, self.epoch, seq)
+
+    def _offer(
+        self,
+        sampler: HardExampleSampler,
+        detections: DetectorOutput,
+        image: npt.NDArray[np.uint8],
+        *,
+        now_s: float,
+        model_version: str | None,
+        truth: Truth | None,
+        meta: Mapping[str, Scalar] | None,
+    ) -> None:
+        sample = sampler.consider(
+            detections, image, now_s=now_s, truth=truth,
+            model_version=model_version or self.model_version, meta=meta,
+        )
+        if sample is None:
+            return
+        try:
+            self.publish_sample(sample)
+        except PayloadTooLargeError:
+            log.warning("hard example of %s too large to publish; skipped", self.device_id)
+            sampler.refuse("too_large")
 
     def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
         """Publish a heartbeat now, with the standard fields and any ``fields`` given."""
@@ -227,8 +363,14 @@ class Device:
             "buffered": self.buffered,
             "model": self.model_version,
             "frames_suppressed": self.change_filter.counts.suppressed,
+            "samples_sent": self.samples_sent,
+            "samples_over_budget": self.sampler.skipped["budget"] if self.sampler else 0,
             **self.health.fields(),
         }
+        if self.models is not None:
+            body.update(self.models.heartbeat_fields())
+        if self.commands is not None:
+            body["settings_version"] = self.commands.active_version
         if self._heartbeat_fields:
             body.update(self._heartbeat_fields())
         body.update(fields or {})
@@ -304,12 +446,13 @@ class AsyncDevice:
         heartbeat_fields: Callable[[], HeartbeatFields] | None = None,
         max_record_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         change_filter: ChangeFilter | None = None,
+        sampler: HardExampleSampler | None = None,
     ) -> None:
         self._make = functools.partial(
             Device, device_id=device_id, site=site, broker=broker, state_dir=state_dir,
             buffer_max_bytes=buffer_max_bytes, heartbeat_interval_s=heartbeat_interval_s,
             model_version=model_version, heartbeat_fields=heartbeat_fields,
-            max_record_bytes=max_record_bytes, change_filter=change_filter,
+            max_record_bytes=max_record_bytes, change_filter=change_filter, sampler=sampler,
         )
         self._device: Device | None = None
 
@@ -345,10 +488,24 @@ class AsyncDevice:
         )
 
     async def publish_frame(
-        self, detections: DetectorOutput, *, model_version: str | None = None
+        self,
+        detections: DetectorOutput,
+        *,
+        model_version: str | None = None,
+        image: npt.NDArray[np.uint8] | None = None,
+        truth: Truth | None = None,
+        meta: Mapping[str, Scalar] | None = None,
     ) -> IdempotencyKey | None:
         """See :meth:`Device.publish_frame`."""
-        return self.device.publish_frame(detections, model_version=model_version)
+        return self.device.publish_frame(
+            detections, model_version=model_version, image=image, truth=truth, meta=meta
+        )
+
+    async def publish_sample(
+        self, sample: Sample, *, ts_ms: int | None = None
+    ) -> IdempotencyKey:
+        """See :meth:`Device.publish_sample`."""
+        return self.device.publish_sample(sample, ts_ms=ts_ms)
 
     async def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
         """See :meth:`Device.publish_heartbeat`."""

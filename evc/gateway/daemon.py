@@ -16,22 +16,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from evc.config import GatewayConfig, by_priority
 from evc.errors import WireError
 from evc.gateway.commands import PipelineCommands
+from evc.gateway.downlink import DownlinkRelay
 from evc.gateway.intake import admit
+from evc.gateway.models import ModelRelay
 from evc.gateway.pipeline import Aggregate, AggregateConfig, Pipeline, build_pipeline
 from evc.identity import SequenceCounter, next_boot_epoch
 from evc.metrics import GatewayMetrics, MetricsServer, serve
+from evc.models.signing import TrustedKeys
 from evc.mqtt import BatchPacker, CommitThenAckConsumer, OutboxForwarder, Will
 from evc.mqtt.budget import UplinkBudget
 from evc.mqtt.forwarder import Outgoing
 from evc.outbox import NewRecord, Outbox, Priority, now_ms
 from evc.service import Service
 from evc.wire import (
+    UPLINK_CHANNELS,
     Channel,
     DeviceTopic,
     GatewayTopic,
@@ -87,7 +92,9 @@ class Gateway(Service):
         self.intake = CommitThenAckConsumer(
             client_id=f"evc-gw-{config.site}-{config.gateway_id}",
             address=config.fog.address,
-            subscriptions=[device_filter(config.site)],
+            # Only what devices send up: model requests on the same broker are not for the outbox.
+            subscriptions=[device_filter(config.site, channel) for channel in UPLINK_CHANNELS],
+            retired=[device_filter(config.site)],
             commit=self._commit,
             max_batch=config.ingest.max_batch,
             max_delay_s=config.ingest.max_delay_ms / 1000,
@@ -117,6 +124,19 @@ class Gateway(Service):
             on_acked=self._count_acked,
             budget=_budget(config),
         )
+        self.downlink = DownlinkRelay(
+            site=config.site, gateway_id=config.gateway_id, fog=config.fog.address,
+            cloud=config.cloud.address, metrics=self.metrics,
+        )
+        self.models: ModelRelay | None = None
+        if config.models.trusted_keys:
+            cap = config.models.cache_max_bytes
+            self.models = ModelRelay(
+                site=config.site, gateway_id=config.gateway_id, fog=config.fog.address,
+                cloud=config.cloud.address, folder=Path(config.state_dir) / "models",
+                trusted=TrustedKeys.load(config.models.trusted_keys),
+                metrics=self.metrics.models, cache_max_bytes=None if cap is None else int(cap),
+            )
         self._watch_counters()
         self.metrics.fog_connected.set_function(lambda: float(self.intake.connected.is_set()))
         self.metrics.cloud_connected.set_function(lambda: float(self.uplink.connected.is_set()))
@@ -138,6 +158,9 @@ class Gateway(Service):
         self.uplink.start()
         self.intake.start()
         self.commands.start()
+        self.downlink.start()
+        if self.models is not None:
+            self.models.start()
         log.info(
             "gateway %s/%s up (epoch %d): fog %s -> cloud %s, backlog %d records",
             self.config.site, self.config.gateway_id, self.epoch,
@@ -146,6 +169,9 @@ class Gateway(Service):
 
     def stop(self, drain_timeout_s: float = 0.0) -> None:
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
+        if self.models is not None:
+            self.models.stop()
+        self.downlink.stop()
         self.commands.stop()
         self.intake.stop()
         self._flush_pipeline()

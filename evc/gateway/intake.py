@@ -11,6 +11,9 @@ dropped one yields no record. Object events an operator derived from the frame (
 one EVENT record under the same key, stored even when the frame itself is dropped. Without a
 pipeline, the device's bytes are stored untouched.
 
+A SAMPLE record (a device's hard example) goes through the pipeline's ``sample`` operators
+only: it is stored untouched at ``Priority.SAMPLE``, or dropped and counted by reason.
+
 While the gateway degrades (a large backlog, ``degrade:`` in its config), a frame the pipeline
 would forward is fed to ``degrade`` (an ``aggregate`` operator) instead of being stored: only the
 SUMMARY records of the windows it closes are, so the cloud still gets exact counts.
@@ -74,6 +77,9 @@ def admit(
         raise OriginMismatchError(
             f"origin {envelope.origin!r} published on the topic of device {parsed.device!r}"
         )
+    sample = envelope.kind is Kind.SAMPLE
+    if sample and pipeline is not None and not pipeline.run_sample(envelope, len(payload)):
+        return [], parsed.channel  # dropped by a sample operator: counted there, still acked
     if (pipeline is None and degrade is None) or envelope.kind is not Kind.DETECTIONS:
         record = NewRecord(topic=topic, payload=payload, priority=PRIORITY_OF_KIND[envelope.kind])
         return [record], parsed.channel

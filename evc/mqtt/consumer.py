@@ -35,6 +35,8 @@ class CommitThenAckConsumer:
         client_id: stable id; the broker keeps our session (and un-acked messages) under it.
         address: the broker.
         subscriptions: topic filters, subscribed at QoS 1 on every (re)connect.
+        retired: filters an earlier version subscribed to, unsubscribed on every connect: a
+            persistent session would otherwise keep delivering what they match.
         commit: called with each batch; must make it durable before returning. If it raises,
             the batch is retried with backoff and nothing is acknowledged meanwhile.
         max_batch: flush after this many messages (also our Receive Maximum).
@@ -59,9 +61,11 @@ class CommitThenAckConsumer:
         will: Will | None = None,
         on_connect: Callable[[mqtt.Client], None] | None = None,
         mqtt5: bool = True,
+        retired: Sequence[str] = (),
     ) -> None:
         self.address = address
         self.subscriptions = list(subscriptions)
+        self.retired = [topic for topic in retired if topic not in self.subscriptions]
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.connected = threading.Event()
@@ -118,6 +122,8 @@ class CommitThenAckConsumer:
         if reason.is_failure:
             log.warning("connect to %s refused: %s", self.address, reason)
             return
+        if self.retired:
+            client.unsubscribe(self.retired)
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()

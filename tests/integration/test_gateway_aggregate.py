@@ -112,7 +112,7 @@ def test_summary_counts_equal_the_published_detections(
     assert sum(expected.values()) > 0
 
 
-def test_summary_counts_stay_exact_across_a_sigkilled_gateway(  # noqa: PLR0917 -- fixtures
+def test_summary_counts_stay_exact_across_a_sigkilled_gateway(
     evc_fog_broker: Broker,
     evc_cloud_broker: Broker,
     evc_topic_namespace: str,

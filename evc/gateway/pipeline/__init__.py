@@ -2,8 +2,8 @@
 
 The gateway's ``pipeline:`` YAML is an ordered list of operator configs, each selected by its
 ``type`` (a discriminated union). Built-in operators: ``threshold``, ``zones``,
-``min_detections``, ``track``, ``aggregate`` and ``alert``; add your own with
-:func:`register_operator`.
+``min_detections``, ``track``, ``aggregate`` and ``alert`` over detections frames, and
+``sample`` over SAMPLE records; add your own with :func:`register_operator`.
 """
 
 from evc.gateway.pipeline.aggregate import Aggregate, AggregateConfig
@@ -25,6 +25,7 @@ from evc.gateway.pipeline.registry import (
     register_operator,
     validate_operators,
 )
+from evc.gateway.pipeline.sample import SampleConfig, SampleOperator, SampleRecord, SampleSelect
 from evc.gateway.pipeline.threshold import Threshold, ThresholdConfig
 from evc.gateway.pipeline.track import Track, TrackConfig, greedy_match
 from evc.gateway.pipeline.zones import Zones, ZonesConfig, inside
@@ -35,6 +36,7 @@ register_operator(MinDetectionsConfig, MinDetections)
 register_operator(TrackConfig, Track)
 register_operator(AggregateConfig, Aggregate)
 register_operator(AlertConfig, Alerts)
+register_operator(SampleConfig, SampleSelect)
 
 __all__ = [
     "Aggregate",
@@ -51,6 +53,10 @@ __all__ = [
     "Pipeline",
     "PipelineListener",
     "PipelineResult",
+    "SampleConfig",
+    "SampleOperator",
+    "SampleRecord",
+    "SampleSelect",
     "Threshold",
     "ThresholdConfig",
     "Track",

@@ -1,4 +1,8 @@
-"""The pipeline: operators run in order over each detections frame, every outcome counted."""
+"""The pipeline: operators run in order over each detections frame, every outcome counted.
+
+SAMPLE records (devices' hard examples) go through the pipeline's sample operators only
+(:meth:`Pipeline.run_sample`); detections frames go through all the others.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from evc.gateway.pipeline.base import (
     PipelineListener,
     PipelineResult,
 )
-from evc.wire import EventType
+from evc.gateway.pipeline.sample import SampleOperator, SampleRecord
+from evc.wire import Envelope, EventType
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ class Pipeline:
         if duplicates:
             raise ValueError(f"operator names must be unique, repeated: {duplicates}")
         self.operators = list(operators)
+        self._frame_operators = [op for op in operators if not isinstance(op, SampleOperator)]
+        self._sample_operators = [op for op in operators if isinstance(op, SampleOperator)]
         self._listener = listener
 
     def __len__(self) -> int:
@@ -50,7 +57,7 @@ class Pipeline:
 
     def run(self, frame: Frame) -> PipelineResult:
         """Run every operator; return the frame to forward (if any), its events and alerts."""
-        for operator in self.operators:
+        for operator in self._frame_operators:
             before = len(frame)
             try:
                 result = operator(frame)
@@ -82,6 +89,28 @@ class Pipeline:
             None if frame.withheld else frame, frame.encode_events(), frame.encode_alerts(),
             summaries=frame.summaries,
         )
+
+    def run_sample(self, envelope: Envelope, size_bytes: int) -> bool:
+        """Run the sample operators over one validated SAMPLE record; return whether it passes.
+
+        Each outcome is reported like a frame's: ``passed``, or ``dropped`` with the reason;
+        an operator that fails otherwise is logged, counted as ``error`` and skipped.
+        """
+        if not self._sample_operators:
+            return True
+        record = SampleRecord.from_envelope(envelope, size_bytes)
+        for operator in self._sample_operators:
+            try:
+                operator.admit_sample(record)
+            except Drop as drop:
+                self._record(operator.name, "dropped", drop.reason, 0)
+                return False
+            except Exception as exc:  # a faulty operator must not stall the intake
+                log.exception("sample operator %s failed; sample passed on", operator.name)
+                self._record(operator.name, "error", type(exc).__name__, 0)
+                continue
+            self._record(operator.name, "passed", "", 0)
+        return True
 
     def flush(self, now_ms: int | None = None) -> list[bytes]:
         """Records that operators with a ``flush(now_ms)`` method close (None: close all)."""

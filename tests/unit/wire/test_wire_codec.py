@@ -611,3 +611,107 @@ def test_zstd_batch_of_the_wrong_shape_is_a_schema_error(inner: Any) -> None:
 def test_zstd_batch_whose_records_are_not_one_bin_is_a_schema_error() -> None:
     with pytest.raises(SchemaError):
         batch_from(decode(_envelope(["s", 1, [b"x"]], kind=Kind.BATCH)))
+
+
+# -- zone tags (the optional seventh detections field) ----------------------------------------
+
+
+def _tagged(names: list[str], ids: list[int]) -> bytes:
+    return _frame(len(ids), zone_names=names, zone_ids=ids)
+
+
+def test_zone_tags_round_trip() -> None:
+    frame = detections_from(decode(_tagged(["door", "till"], [0, 2, 1, 2])))
+
+    assert frame.zone_names == ("door", "till")
+    assert frame.zone_ids is not None
+    assert frame.zone_ids.dtype == np.uint8
+    assert frame.zone_ids.tolist() == [0, 2, 1, 2]
+    assert len(frame) == 4
+
+
+def test_untagged_body_is_six_fields_and_unchanged_by_the_zone_arguments() -> None:
+    plain = _frame(3)
+    body = msgpack.unpackb(plain)[6]
+
+    assert len(body) == 6
+    assert _frame(3, zone_names=(), zone_ids=None) == plain
+    frame = detections_from(decode(plain))
+    assert (frame.zone_names, frame.zone_ids) == ((), None)
+
+
+def test_tagged_body_is_the_plain_body_plus_names_and_one_byte_per_detection() -> None:
+    plain = msgpack.unpackb(_frame(3))[6]
+    tagged = msgpack.unpackb(_tagged(["a"], [1, 0, 1]))[6]
+
+    assert tagged[:6] == plain
+    assert tagged[6] == [["a"], b"\x01\x00\x01"]
+
+
+def test_an_empty_frame_can_carry_an_empty_zone_field() -> None:
+    frame = detections_from(decode(_tagged([], [])))
+
+    assert frame.zone_ids is not None
+    assert (frame.zone_names, frame.zone_ids.tolist()) == ((), [])
+
+
+@pytest.mark.parametrize(
+    "zones",
+    [
+        pytest.param(b"", id="not-an-array"),
+        pytest.param([["a"]], id="one-field"),
+        pytest.param([["a"], b"\x01\x01", 0], id="three-fields"),
+        pytest.param(["a", b"\x01\x01"], id="names-not-an-array"),
+        pytest.param([[1], b"\x01\x01"], id="name-not-a-string"),
+        pytest.param([[b"a"], b"\x01\x01"], id="name-is-bin"),
+        pytest.param([[""], b"\x01\x01"], id="empty-name"),
+        pytest.param([["x" * 65], b"\x01\x01"], id="name-too-long"),
+        pytest.param([["a", "a"], b"\x01\x02"], id="repeated-name"),
+        pytest.param([[f"z{i}" for i in range(256)], b"\x01\x01"], id="256-names"),
+        pytest.param([["a"], [1, 1]], id="ids-not-bin"),
+        pytest.param([["a"], "\x01\x01"], id="ids-a-string"),
+        pytest.param([["a"], b"\x01"], id="ids-too-short"),
+        pytest.param([["a"], b"\x01\x01\x01"], id="ids-too-long"),
+        pytest.param([["a"], b"\x01\x02"], id="id-past-the-names"),
+        pytest.param([[], b"\x00\x01"], id="id-without-names"),
+    ],
+)
+def test_a_bad_zone_field_is_a_schema_error(zones: Any) -> None:
+    data = _envelope([*_det_body(2), zones])
+
+    with pytest.raises(SchemaError):
+        detections_from(decode(data))
+    with pytest.raises(SchemaError):
+        validate_record(data)
+
+
+def test_255_names_of_64_characters_are_accepted() -> None:
+    names = [f"{i:03d}".ljust(64, "x") for i in range(255)]
+    data = _envelope([*_det_body(2), [names, bytes([255, 0])]])
+
+    frame = detections_from(decode(data))
+
+    assert len(frame.zone_names) == 255
+    assert frame.zone_ids is not None
+    assert frame.zone_ids.tolist() == [255, 0]
+
+
+@pytest.mark.parametrize(
+    ("names", "ids"),
+    [
+        pytest.param(["a"], [0, 2], id="id-past-the-names"),
+        pytest.param(["a"], [0, 256], id="id-past-uint8"),
+        pytest.param(["a"], [-1, 0], id="negative-id"),
+        pytest.param(["a"], [1], id="fewer-ids-than-detections"),
+        pytest.param(["a", "a"], [1, 2], id="repeated-name"),
+        pytest.param([""], [1, 1], id="empty-name"),
+    ],
+)
+def test_encode_detections_refuses_bad_zone_tags(names: list[str], ids: list[int]) -> None:
+    with pytest.raises(SchemaError):
+        _frame(2, zone_names=names, zone_ids=ids)
+
+
+def test_encode_detections_refuses_names_without_ids() -> None:
+    with pytest.raises(SchemaError, match="without zone_ids"):
+        _frame(2, zone_names=["a"])
