@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.evc-installed
 
-.PHONY: demo test bench lint unit integration mosquitto setup clean
+.PHONY: demo test bench lint unit integration mosquitto setup clean fuzz
 
 setup: $(INSTALLED) mosquitto
 
@@ -40,6 +40,10 @@ lint: $(INSTALLED)
 
 bench: setup
 	$(BIN)/evc bench --output docs/BENCHMARKS.md
+
+# The long fuzz run: a million generated inputs over every decoder and ingress (docs/FUZZING.md).
+fuzz: $(INSTALLED)
+	nice $(BIN)/python -m evc.fuzz --inputs 1000000 --seed 0
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

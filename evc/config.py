@@ -76,6 +76,16 @@ class BrokerConfig(StrictModel):
     ca_file: str | None = Field(
         None, title="CA file", description="PEM file of the CA that signed the broker's cert."
     )
+    cert_file: str | None = Field(
+        None, title="Client certificate",
+        description="PEM file of this client's certificate, for brokers that require one "
+        "(mutual TLS, mqtts:// only); its CN is the username when the broker takes the identity "
+        "from the certificate.",
+    )
+    key_file: str | None = Field(
+        None, title="Client key",
+        description="PEM file of the client certificate's private key; null if cert_file holds it.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -86,10 +96,20 @@ class BrokerConfig(StrictModel):
             raise ValueError(str(exc)) from exc  # pydantic reports ValueErrors with the key path
         return url
 
+    @model_validator(mode="after")
+    def _check_client_certificate(self) -> BrokerConfig:
+        try:
+            self.address  # noqa: B018  # built for its checks: cert needs mqtts://, key needs cert
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
     @property
     def address(self) -> BrokerAddress:
         """The parsed address."""
-        return BrokerAddress.from_url(self.url, ca_file=self.ca_file)
+        return BrokerAddress.from_url(
+            self.url, ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file
+        )
 
 
 class OutboxConfig(StrictModel):
@@ -311,6 +331,11 @@ class GatewayConfig(StrictModel):
     models: GatewayModelsConfig = Field(
         default_factory=GatewayModelsConfig,
         description="Model updates for the site's devices; off without trusted keys.",
+    )
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0,
+        description="Seconds between the gateway's own heartbeats (outbox depth, backlog age, "
+        "links), sent to the cloud with its batches.",
     )
 
     @field_validator("site", "gateway_id")

@@ -1,9 +1,11 @@
-"""``evc demo``: the whole hierarchy on this machine, with a cloud outage in the middle.
+"""``evc demo``: the whole hierarchy on this machine, with a cloud outage and a learning loop.
 
-Starts a fog and a cloud Mosquitto (through the harness), a cloud ingest worker, a gateway and
-simulated cameras that run the sample ONNX detector on synthetic frames and publish only what
-changed; cuts the cloud broker for a few seconds while the cameras keep publishing; and ends
-with a summary of what was seen, published, stored, deduplicated and lost (which must be 0).
+Starts a fog and a cloud Mosquitto (through the harness), a cloud ingest worker with a model
+registry, a gateway that relays models and simulated cameras that run the sample ONNX detector
+on synthetic frames and publish only what changed; cuts the cloud broker for a few seconds while
+the cameras keep publishing, and summarises what was seen, published, stored, deduplicated and
+lost (which must be 0). Then the learning loop (:mod:`evc.learning_demo`): the scene shifts,
+cameras sample hard examples, the cloud trains v2 and rolls it out through the fog, canary first.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from evc.cloud import CloudIngest
 from evc.config import (
     BrokerConfig,
     CloudConfig,
+    CloudModelsConfig,
     DetectorConfig,
     DeviceConfig,
     GatewayConfig,
+    GatewayModelsConfig,
     OutboxConfig,
     PublishConfig,
     SimulationConfig,
@@ -38,10 +42,13 @@ from evc.device import PublishMode
 from evc.device.simulate import SimulationResult, simulate
 from evc.gateway import Gateway
 from evc.harness import MosquittoBroker
+from evc.learning_demo import LoopError, LoopSettings, run_learning_loop
+from evc.models.signing import SigningKey, generate_keypair
 from evc.synthetic.sample_model import sample_model_path
 from evc.wire import Kind
 
 SITE = "demo-site"
+DEFAULT_LOOP = LoopSettings()
 
 
 @dataclass
@@ -50,6 +57,8 @@ class _Stack:
     cloud_broker: MosquittoBroker
     cloud: CloudIngest
     gateway: Gateway
+    key: SigningKey
+    public_key: Path
 
 
 def run_demo(
@@ -60,8 +69,10 @@ def run_demo(
     outage_s: float | None = None,
     as_json: bool = False,
     stop: threading.Event | None = None,
+    loop: LoopSettings | None = DEFAULT_LOOP,
 ) -> int:
-    """Run the demo; return 0 if nothing was lost."""
+    """Run the demo; return 0 if nothing was lost and the learning loop (unless ``loop`` is
+    None) completed."""
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.WARNING, format="%(name)s: %(message)s",
@@ -78,6 +89,8 @@ def run_demo(
                 stack, work, console, stop,
                 devices=devices, fps=fps, duration_s=duration_s, outage_s=outage,
             )
+            if loop is not None and not stop.is_set():
+                summary["learning_loop"] = _learn(stack, work, console, stop, loop)
         finally:
             stack.gateway.stop()
             stack.cloud.stop()
@@ -87,10 +100,27 @@ def run_demo(
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(console, summary)
-    return 0 if summary["lost"] == 0 else 1
+    learned = summary.get("learning_loop", {}).get("published") is not None or loop is None
+    return 0 if summary["lost"] == 0 and learned else 1
+
+
+def _learn(
+    stack: _Stack, work: Path, console: Console, stop: threading.Event, settings: LoopSettings
+) -> dict[str, Any]:
+    console.print("[bold]learning loop[/]: the scene shifts; cameras sample hard examples")
+    try:
+        return run_learning_loop(
+            work=work, site=SITE, fog_url=stack.fog.url, cloud=stack.cloud,
+            gateway=stack.gateway, key=stack.key, public_key=stack.public_key,
+            settings=settings, progress=lambda text: console.print(f"  {text}"), stop=stop,
+        )
+    except LoopError as exc:
+        console.print(f"[bold red]learning loop failed[/]: {exc}")
+        return {"error": str(exc), "published": None}
 
 
 def _start(work: Path) -> _Stack:
+    keys = generate_keypair(work / "keys")
     fog = MosquittoBroker(tier="fog", workdir=work / "fog")
     fog.start()
     cloud_broker = MosquittoBroker(tier="cloud", workdir=work / "cloud-broker")
@@ -99,6 +129,7 @@ def _start(work: Path) -> _Stack:
         CloudConfig(
             cloud=BrokerConfig(url=cloud_broker.url),
             store=StoreConfig(path=work / "cloud" / "records.db"),
+            models=CloudModelsConfig(registry=work / "registry", tick_s=0.5),
         )
     )
     cloud.start()
@@ -107,10 +138,14 @@ def _start(work: Path) -> _Stack:
             site=SITE, gateway_id="gw-1", state_dir=work / "gateway",
             fog=BrokerConfig(url=fog.url), cloud=BrokerConfig(url=cloud_broker.url),
             outbox=OutboxConfig(path=work / "gateway" / "outbox.db"),
+            models=GatewayModelsConfig(trusted_keys=[keys.public_path]),
+            pipeline=[{"type": "sample", "max_per_minute": 120, "max_per_hour": 2000}],
         )
     )
     gateway.start()
-    return _Stack(fog, cloud_broker, cloud, gateway)
+    return _Stack(
+        fog, cloud_broker, cloud, gateway, SigningKey.load(keys.private_path), keys.public_path
+    )
 
 
 def _run(
@@ -215,7 +250,10 @@ def _summary(
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="EVC demo summary", show_header=False)
-    for key, value in summary.items():
+    loop = summary.get("learning_loop", {})
+    rows = [(k, v) for k, v in summary.items() if k != "learning_loop"]
+    rows += [(f"loop: {k}", v) for k, v in loop.items()]
+    for key, value in rows:
         style = ""
         if key == "lost":
             style = "bold green" if value == 0 else "bold red"

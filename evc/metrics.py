@@ -6,6 +6,7 @@ instance (not the global one) lets tests and benchmarks run several daemons in o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from threading import Thread
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -296,6 +298,148 @@ class GatewayMetrics:
             ["direction"], registry=r,
         )
         self.models = ModelDeliveryMetrics(r, "evc_gateway")
+        self.devices = DeviceMetrics(r, "evc_gateway")
+
+
+# A sweep walks every device: at most once a minute from the intake (and at each scrape).
+_SWEEP_EVERY_MS = 60_000
+
+
+@dataclass
+class _DeviceSeen:
+    """What the gateway last heard from one device (for :class:`DeviceMetrics`)."""
+
+    last_ms: int = 0  # newest ts_ms (device clock) of a heartbeat or state record
+    heartbeat_key: tuple[int, int] = (-1, -1)  # (epoch, seq) of the newest heartbeat
+    state_key: tuple[int, int] = (-1, -1)  # (epoch, seq) of the newest state record
+    alive: bool = True  # the newest state record was not a death
+    model: tuple[str, str] | None = None  # the (model, state) labels of model_info
+
+
+class DeviceMetrics:
+    """Per-device gauges from the heartbeats and state records a gateway admits.
+
+    Records of a device are ordered by ``(epoch, seq)``, which grows with every record, so a
+    redelivered old one changes nothing. A device is online while its newest state record is not
+    a death and it was heard from within ``stale_after_s`` (gateway clock against device
+    ``ts_ms``). A device silent for ``forget_after_s``, or the least recently heard beyond
+    ``max_devices``, loses all its series: label cardinality stays bounded by the live fleet.
+    """
+
+    def __init__(
+        self, r: CollectorRegistry, prefix: str, *, stale_after_s: float = 60.0,
+        forget_after_s: float = 86_400.0, max_devices: int = 10_000,
+    ) -> None:
+        self.stale_after_s = stale_after_s
+        self.forget_after_s = forget_after_s
+        self.max_devices = max_devices
+        self._seen: dict[str, _DeviceSeen] = {}
+        self._swept_ms = 0
+        self._lock = threading.Lock()
+        self.devices = Gauge(
+            f"{prefix}_devices",
+            "Devices by state: online (newest state record a birth, heard from within the "
+            "stale limit) or offline.", ["state"], registry=r,
+        )
+        self.devices.labels("online").set_function(lambda: self._count(online=True))
+        self.devices.labels("offline").set_function(lambda: self._count(online=False))
+        self.last_heartbeat = Gauge(
+            f"{prefix}_device_last_heartbeat_timestamp_seconds",
+            "Device clock time of the newest heartbeat of each device, Unix seconds.",
+            ["device"], registry=r,
+        )
+        self.inference_p50 = Gauge(
+            f"{prefix}_device_inference_p50_seconds",
+            "Median inference latency each device reported in its newest heartbeat.",
+            ["device"], registry=r,
+        )
+        self.fps = Gauge(
+            f"{prefix}_device_frames_per_second",
+            "Frames per second each device reported in its newest heartbeat.",
+            ["device"], registry=r,
+        )
+        self.model_info = Gauge(
+            f"{prefix}_device_model_info",
+            "1 for the model version and model state each device reported last.",
+            ["device", "model", "state"], registry=r,
+        )
+
+    def observe(
+        self, device: str, *, heartbeat: bool, epoch: int, seq: int, ts_ms: int,
+        fields: dict[str, Any],
+    ) -> None:
+        """Take one admitted heartbeat (``heartbeat=True``) or state record of ``device``."""
+        with self._lock:
+            seen = self._seen.setdefault(device, _DeviceSeen())
+            seen.last_ms = max(seen.last_ms, ts_ms)
+            key = (epoch, seq)
+            if heartbeat and key > seen.heartbeat_key:
+                seen.heartbeat_key = key
+                self._heartbeat(device, seen, ts_ms, fields)
+            elif not heartbeat and key > seen.state_key:
+                seen.state_key = key
+                seen.alive = fields.get("state") != "offline"
+                self._model(device, seen, fields)
+            now = now_ms()
+            if now - self._swept_ms >= _SWEEP_EVERY_MS:
+                self._forget(now)
+
+    def _heartbeat(self, device: str, seen: _DeviceSeen, ts_ms: int, fields: dict[str, Any]
+                   ) -> None:
+        self.last_heartbeat.labels(device).set(ts_ms / 1000)
+        p50 = _number(fields.get("inference_ms_p50"))
+        if p50 is not None:
+            self.inference_p50.labels(device).set(p50 / 1000)  # heartbeats carry milliseconds
+        fps = _number(fields.get("fps"))
+        if fps is not None:
+            self.fps.labels(device).set(fps)
+        self._model(device, seen, fields)
+
+    def _model(self, device: str, seen: _DeviceSeen, fields: dict[str, Any]) -> None:
+        """Point model_info at the reported model; a birth without ``model_state`` keeps it."""
+        model = fields.get("model")
+        if not isinstance(model, str):
+            return
+        state = fields.get("model_state")
+        if not isinstance(state, str):
+            state = seen.model[1] if seen.model and seen.model[0] == model else "unknown"
+        if seen.model == (model, state):
+            return
+        if seen.model is not None:
+            self.model_info.remove(device, *seen.model)
+        seen.model = (model, state)
+        self.model_info.labels(device, model, state).set(1)
+
+    def _count(self, *, online: bool) -> float:
+        now = now_ms()
+        with self._lock:
+            self._forget(now)
+            return float(sum(self._online(seen, now) == online for seen in self._seen.values()))
+
+    def _online(self, seen: _DeviceSeen, now: int) -> bool:
+        return seen.alive and (now - seen.last_ms) / 1000 <= self.stale_after_s
+
+    def _forget(self, now: int) -> None:
+        """Drop devices silent past ``forget_after_s``, then the oldest beyond ``max_devices``."""
+        self._swept_ms = now
+        limit = now - self.forget_after_s * 1000
+        gone = [device for device, seen in self._seen.items() if seen.last_ms < limit]
+        extra = len(self._seen) - len(gone) - self.max_devices
+        if extra > 0:
+            kept = sorted((s.last_ms, d) for d, s in self._seen.items() if s.last_ms >= limit)
+            gone += [device for _, device in kept[:extra]]
+        for device in gone:
+            seen = self._seen.pop(device)
+            for gauge in (self.last_heartbeat, self.inference_p50, self.fps):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(device)
+            if seen.model is not None:
+                self.model_info.remove(device, *seen.model)
+
+
+def _number(value: Any) -> float | None:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if is_number else None
 
 
 class ModelDeliveryMetrics:

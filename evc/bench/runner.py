@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -24,8 +24,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evc.bench import report, scenarios, storage, uplink, vision
+from evc.bench import models, report, scenarios, storage, uplink, vision
 from evc.bench.frames import DETECTIONS_PER_FRAME
+from evc.bench.processes import BenchError
 from evc.errors import EvcError
 from evc.harness import start_broker
 
@@ -46,14 +47,27 @@ class Plan:
     map_frames: int
     uplink_cameras: int
     uplink_s: float
+    model_devices: int
+    learn_cameras: int  # shifted cameras offering frames to their own sampler
+    learn_per_camera: int  # each camera's sample budget
+    train_budget_s: float
+    learn_eval_frames: int  # held-out frames per domain
 
 
 QUICK = Plan(rounds=3, mqtt_messages=10_000, outbox_records=40_000, rate=1000.0,
              latency_s=5.0, warmup_s=1.0, outage_s=4.0, tail_s=6.0,
-             vision_frames=200, map_frames=100, uplink_cameras=2, uplink_s=10.0)
+             vision_frames=200, map_frames=100, uplink_cameras=2, uplink_s=10.0,
+             model_devices=20, learn_cameras=10, learn_per_camera=4, train_budget_s=15.0,
+             learn_eval_frames=50)
 FULL = Plan(rounds=5, mqtt_messages=50_000, outbox_records=200_000, rate=1000.0,
             latency_s=20.0, warmup_s=1.0, outage_s=10.0, tail_s=12.0,
-            vision_frames=1000, map_frames=300, uplink_cameras=4, uplink_s=20.0)
+            vision_frames=1000, map_frames=300, uplink_cameras=4, uplink_s=20.0,
+            model_devices=50, learn_cameras=25, learn_per_camera=4, train_budget_s=75.0,
+            learn_eval_frames=100)
+# Names of the sections, for running some of them alone.
+SECTIONS = (
+    "wire", "outbox", "throughput", "latency", "drain", "vision", "uplink", "models", "learning"
+)
 
 
 class Bench:
@@ -68,17 +82,22 @@ class Bench:
         self.details: dict[str, Any] = {}
         self.errors: list[str] = []
 
-    def run(self) -> None:
-        """Every section in turn; a failed section is recorded and the others still run."""
-        for name, section in (
-            ("wire sizes", self.wire),
-            ("outbox", self.outbox),
-            ("raw MQTT vs gateway", self.throughput),
-            ("end-to-end latency", self.latency),
-            ("drain after outage", self.drain),
-            ("on-device vision", self.vision),
-            ("uplink reduction", self.uplink),
+    def run(self, only: Collection[str] | None = None) -> None:
+        """Every section in turn (or those named in ``only``, see :data:`SECTIONS`); a failed
+        section is recorded and the others still run."""
+        for key, name, section in (
+            ("wire", "wire sizes", self.wire),
+            ("outbox", "outbox", self.outbox),
+            ("throughput", "raw MQTT vs gateway", self.throughput),
+            ("latency", "end-to-end latency", self.latency),
+            ("drain", "drain after outage", self.drain),
+            ("vision", "on-device vision", self.vision),
+            ("uplink", "uplink reduction", self.uplink),
+            ("models", "model delivery", self.models),
+            ("learning", "learning loop", self.learning),
         ):
+            if only is not None and key not in only:
+                continue
             self.console.rule(name, style="dim")
             try:
                 section()
@@ -215,6 +234,45 @@ class Bench:
             f"{bool(result.uplink_counts_exact)}"
         )
 
+    def models(self) -> None:
+        """One v2 rollout to a site of many devices behind one gateway."""
+        devices = self.plan.model_devices
+        with self.console.status(f"rolling v2 out to {devices} devices"), \
+                start_broker("fog") as fog, start_broker("cloud") as cloud:
+            result = models.measure_delivery(fog, cloud, self._dir("models"), devices=devices)
+        self.single["model_uplink_copies_per_site"] = result.model_uplink_copies_per_site
+        self.single["model_swap_s"] = result.model_swap_s
+        self.details["model_delivery"] = asdict(result)
+        self.console.print(
+            f"  {result.cloud_bytes_served:,} B over the uplink for a {result.artifact_bytes:,} "
+            f"B artifact: [bold]{result.model_uplink_copies_per_site:.2f}[/bold] copies; "
+            f"{result.fog_copies:.0f} copies on the fog broker; all {devices} devices on v2 "
+            f"after {result.model_swap_s:.1f} s"
+        )
+
+    def learning(self) -> None:
+        """Hard examples from shifted cameras -> labels -> fine-tuned v2, scored against v1."""
+        plan = self.plan
+        label = (f"sampling {plan.learn_cameras} shifted cameras, training for "
+                 f"{plan.train_budget_s:.0f} s")
+        with self.console.status(label):
+            result = models.measure_learning(
+                self._dir("learning"), cameras=plan.learn_cameras,
+                per_camera=plan.learn_per_camera, budget_s=plan.train_budget_s,
+                eval_frames=plan.learn_eval_frames,
+            )
+        self.single["model_v2_map50_gain"] = result.model_v2_map50_gain
+        quick = plan.train_budget_s < FULL.train_budget_s
+        self.details["learning"] = asdict(result) | {"short_training_budget": quick}
+        self.console.print(
+            f"  {result.samples} samples, {result.train_steps} steps in "
+            f"{result.train_seconds:.0f} s: shifted mAP@0.5 {result.v1_shifted_map50:.3f} -> "
+            f"{result.v2_shifted_map50:.3f} ([bold]{result.model_v2_map50_gain:+.3f}[/bold]), "
+            f"base {result.v1_base_map50:.3f} -> {result.v2_base_map50:.3f}; gate "
+            f"{'passed' if result.gate_passed else 'refused: ' + '; '.join(result.gate_reasons)}"
+            + (" (short training budget of --quick)" if quick else "")
+        )
+
     def all_runs(self) -> dict[str, list[float]]:
         """The runs of every repeated figure, derived ones included."""
         runs = dict(self.runs)
@@ -247,12 +305,26 @@ def _quiet_evc_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def run_bench(*, quick: bool, as_json: bool, output: Path | None) -> int:
+def run_bench(
+    *, quick: bool, as_json: bool, output: Path | None, only: Collection[str] | None = None
+) -> int:
     """Run the benchmarks; print JSON or a table on stdout; write a Markdown report if asked.
+
+    Args:
+        quick: the short plan, for CI.
+        as_json: print JSON instead of a table.
+        output: write the Markdown report here.
+        only: run only these sections (names from :data:`SECTIONS`); all by default.
 
     Returns:
         0 if every benchmark ran and nothing was lost (targets missed or not), 1 otherwise.
+
+    Raises:
+        BenchError: ``only`` names a section that does not exist.
     """
+    unknown = sorted(set(only or ()) - set(SECTIONS))
+    if unknown:
+        raise BenchError(f"no benchmark section {', '.join(unknown)}; there are {SECTIONS}")
     plan = QUICK if quick else FULL
     console = Console(stderr=True)
     command = report.command_line(quick=quick, as_json=as_json, output=output)
@@ -260,13 +332,14 @@ def run_bench(*, quick: bool, as_json: bool, output: Path | None) -> int:
         "command": command, "quick": quick, "rounds": plan.rounds,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": report.machine_info(), "plan": asdict(plan),
+        "sections": sorted(only) if only is not None else list(SECTIONS),
     }
     console.print(f"[bold]{command}[/bold]: {meta['machine']['cpu']}, "
                   f"{meta['machine']['cores']} cores, load {meta['machine']['load_average']}")
     started = time.monotonic()
     with _quiet_evc_logs(), tempfile.TemporaryDirectory(prefix="evc-bench-") as tmp:
         bench = Bench(plan, Path(tmp), console)
-        bench.run()
+        bench.run(only)
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["errors"] = bench.errors

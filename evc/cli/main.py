@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evc import __version__
-from evc.cli import dataset, model
+from evc.cli import dataset, model, status
 from evc.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model.add_commands(groups)
     dataset.add_commands(groups)
+    status.add_commands(groups)
 
     broker = group(groups, "broker", "Local Mosquitto brokers for development.")
     up = command(broker, "up", "Start a fog and a cloud broker until Ctrl-C.", _broker_up)
@@ -111,10 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--devices", type=int, default=4, help="Simulated cameras (default 4).")
     demo.add_argument("--fps", type=float, default=20.0, help="Frames/s per camera (default 20).")
     demo.add_argument("--duration", type=float, default=15.0, help="Seconds (default 15).")
+    demo.add_argument(
+        "--no-loop", action="store_true",
+        help="Skip the learning loop (scene shift, hard examples, v2 training and rollout).",
+    )
+    demo.add_argument(
+        "--train-budget", type=float, default=60.0, metavar="SECONDS",
+        help="Training time budget of the learning loop (default 60).",
+    )
     demo.add_argument("--json", action="store_true", help="Print the summary as JSON.")
 
     bench = command(groups, "bench", "Measure EVC beside its baselines.", _bench)
     bench.add_argument("--quick", action="store_true", help="Short runs, for CI.")
+    bench.add_argument(
+        "--only", action="append", metavar="SECTION",
+        help="Run only this section (repeatable), e.g. models or learning.",
+    )
     bench.add_argument("--json", action="store_true", help="Print the results as JSON.")
     bench.add_argument(
         "--output", type=Path, help="Write a Markdown report here (e.g. docs/BENCHMARKS.md)."
@@ -324,17 +337,19 @@ def _broker_up(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from evc.demo import run_demo
+    from evc.learning_demo import LoopSettings
 
     return run_demo(
         devices=args.devices, fps=args.fps, duration_s=args.duration, as_json=args.json,
         stop=_stop_on_signals(),
+        loop=None if args.no_loop else LoopSettings(budget_s=args.train_budget),
     )
 
 
 def _bench(args: argparse.Namespace) -> int:
     from evc.bench import run_bench
 
-    return run_bench(quick=args.quick, as_json=args.json, output=args.output)
+    return run_bench(quick=args.quick, as_json=args.json, output=args.output, only=args.only)
 
 
 if __name__ == "__main__":

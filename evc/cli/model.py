@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evc.cli import rollout
+from evc.cli import learning, rollout
 from evc.cli.common import EXIT_OK, Groups, command, group, print_result
 from evc.models.manifest import DEFAULT_CHUNK_BYTES
 
@@ -51,6 +51,7 @@ def add_commands(groups: Groups) -> None:
     listing.add_argument("--name", help="Only versions of this model.")
     listing.add_argument("--json", action="store_true", help="Print a JSON list for scripts.")
     rollout.add_commands(model)
+    learning.add_commands(model)
 
 
 def _registry_option(parser: argparse.ArgumentParser) -> None:

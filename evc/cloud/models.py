@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from evc.cloud.registry import ModelRegistry
@@ -24,7 +24,7 @@ from evc.models import Manifest
 from evc.models.signing import SignedManifest
 from evc.models.transfer import ChunkServer
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
-from evc.wire import ALL_DEVICES, Channel, DesiredModelTopic, Kind, decode, gateway_filter, map_from
+from evc.wire import ALL_DEVICES, Channel, DesiredModelTopic, gateway_filter
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ class RetainedPublisher:
 
 
 class StoreReports:
-    """Each device's latest model report, from the heartbeats in the record store.
+    """Each device's latest model report, from the store's view of its devices.
 
-    Only devices heard within ``window_s`` count: a device long gone does not hold a rollout.
+    Only devices heard within ``window_s`` count, and not those whose last word was their death:
+    a device that is gone does not hold a rollout. Gateways' own heartbeats are not devices.
     """
 
     def __init__(self, store: SqliteRecordStore, *, window_s: float = 300.0) -> None:
@@ -74,16 +75,14 @@ class StoreReports:
 
     def __call__(self, site: str) -> Sequence[DeviceReport]:
         since = int((time.time() - self._window_s) * 1000)
-        latest: dict[str, tuple[int, bytes]] = {}
-        for record in self._store.iter_records(kind=int(Kind.HEARTBEAT), site=site, since_ms=since):
-            if record.ts_ms >= latest.get(record.origin, (-1, b""))[0]:
-                latest[record.origin] = (record.ts_ms, record.payload)
-        return [_report(device, ts, payload) for device, (ts, payload) in sorted(latest.items())]
+        return [
+            _report(row.device, row.heartbeat_ms or row.last_seen_ms, row.heartbeat)
+            for row in self._store.devices(site=site)
+            if row.last_seen_ms >= since and row.online is not False and row.heartbeat
+        ]
 
 
-def _report(device: str, ts_ms: int, payload: bytes) -> DeviceReport:
-    fields = map_from(decode(payload))
-
+def _report(device: str, ts_ms: int, fields: Mapping[str, object]) -> DeviceReport:
     def text(key: str) -> str | None:
         value = fields.get(key)
         return None if value is None else str(value)
@@ -121,7 +120,7 @@ class ModelService:
         self.publisher: RetainedPublisher | None = None
         self.controller: RolloutController | None = None
         self._address = address
-        self._store = store
+        self.store = store
         self._rollouts = rollouts
         self._report_window_s = report_window_s
         self._ticker = threading.Thread(target=self._tick, name="rollouts", daemon=True)
@@ -134,7 +133,7 @@ class ModelService:
             self.controller = RolloutController(
                 path=self.registry.root / "rollouts.db", registry=self.registry,
                 publish=self.publisher,
-                reports=StoreReports(self._store, window_s=self._report_window_s),
+                reports=StoreReports(self.store, window_s=self._report_window_s),
             )
             self._ticker.start()
 

@@ -188,7 +188,7 @@ def _version_of(payload: bytes) -> tuple[int | None, str | None]:
     # Best effort, so that even a rejected command's reply names its version and request.
     try:
         raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(raw, dict):
         return None, None
@@ -218,7 +218,7 @@ def push_device_settings(
     def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
             reply = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return
         if isinstance(reply, dict) and reply.get("request") == request:
             replies.append(reply)

@@ -151,6 +151,7 @@ class Device:
         self._state_dir = Path(state_dir)
         self.models: ModelUpdater | None = None
         self.commands: DeviceCommands | None = None
+        self._started = False
 
     # -- what the cloud may change ---------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Device:
 
     def start(self) -> Device:
         """Connect in the background; publishing works at once (into the buffer)."""
+        self._started = True
         self.forwarder.start()
         if self.heartbeat_interval_s > 0:
             self._heartbeat.start()
@@ -206,7 +208,13 @@ class Device:
         return self
 
     def close(self, *, drain_timeout_s: float = 5.0) -> None:
-        """Flush the buffer (up to ``drain_timeout_s``), publish death, disconnect."""
+        """Flush the buffer (up to ``drain_timeout_s``), publish death, disconnect.
+
+        A device that was never started only closes its buffer.
+        """
+        if not self._started:
+            self.buffer.close()
+            return
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join(timeout=2)

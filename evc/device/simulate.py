@@ -52,6 +52,7 @@ class SimulationResult:
     bytes_sent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     keys: list[tuple[str, int, int]] = field(default_factory=list)
+    frames_by_model: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: SimulationResult) -> None:
         """Add another part's counts (from another process) to this one."""
@@ -62,6 +63,8 @@ class SimulationResult:
         self.seconds = max(self.seconds, other.seconds)
         self.latencies_ms.extend(other.latencies_ms)
         self.keys.extend(other.keys)
+        for version, frames in other.frames_by_model.items():
+            self.frames_by_model[version] = self.frames_by_model.get(version, 0) + frames
 
     def latency_ms(self, percentile: float) -> float | None:
         """A percentile of the per-frame inference latency (None without a detector)."""
@@ -171,6 +174,8 @@ def _publish(
     else:
         key = device.publish_frame(detections, model_version=version)
     result.frames += 1
+    if version is not None:
+        result.frames_by_model[version] = result.frames_by_model.get(version, 0) + 1
     if detector is not None:
         result.latencies_ms.append(
             detections.preprocess_ms + detections.inference_ms + detections.postprocess_ms

@@ -107,7 +107,7 @@ def parse_command(payload: bytes) -> Accepted | list[Problem]:
         return [Problem("", f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")]
     try:
         raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return [Problem("", f"not JSON: {exc}")]
     if not isinstance(raw, dict):
         return [Problem("", "the command must be a JSON object")]
@@ -124,7 +124,7 @@ def _version_of(payload: bytes) -> tuple[int | None, str | None]:
     # Best effort, so that even a rejected command's reply can name its version and request.
     try:
         raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(raw, dict):
         return None, None

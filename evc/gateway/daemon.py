@@ -14,6 +14,7 @@ publishes the matching death when it vanishes.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,11 +45,14 @@ from evc.wire import (
     decode,
     device_filter,
     encode_map,
+    map_from,
 )
 from evc.wire.codec import BatchEncoding
 
 log = logging.getLogger(__name__)
 
+# Channels whose records feed the per-device gauges (evc_gateway_device_*).
+_REPORT_CHANNELS = frozenset({Channel.HEARTBEAT, Channel.STATE})
 # Outbox state key of the degrade windows (pipeline operators' keys start with "pipeline/").
 DEGRADE_STATE_KEY = "degrade/aggregate"
 
@@ -137,6 +141,8 @@ class Gateway(Service):
                 trusted=TrustedKeys.load(config.models.trusted_keys),
                 metrics=self.metrics.models, cache_max_bytes=None if cap is None else int(cap),
             )
+        self._beats = threading.Thread(target=self._beat, name="gateway-heartbeat", daemon=True)
+        self._stopping = threading.Event()
         self._watch_counters()
         self.metrics.fog_connected.set_function(lambda: float(self.intake.connected.is_set()))
         self.metrics.cloud_connected.set_function(lambda: float(self.uplink.connected.is_set()))
@@ -161,6 +167,7 @@ class Gateway(Service):
         self.downlink.start()
         if self.models is not None:
             self.models.start()
+        self._beats.start()
         log.info(
             "gateway %s/%s up (epoch %d): fog %s -> cloud %s, backlog %d records",
             self.config.site, self.config.gateway_id, self.epoch,
@@ -169,6 +176,9 @@ class Gateway(Service):
 
     def stop(self, drain_timeout_s: float = 0.0) -> None:
         """Stop taking messages, optionally let the outbox drain, say goodbye, close."""
+        self._stopping.set()
+        if self._beats.is_alive():
+            self._beats.join(timeout=5)
         if self.models is not None:
             self.models.stop()
         self.downlink.stop()
@@ -193,10 +203,12 @@ class Gateway(Service):
         max_bytes = int(self.config.ingest.max_payload_bytes)
         pipeline = self.pipeline  # read once: a pushed config swaps it between batches only
         degrade = self._degrading()
+        reports: list[bytes] = []
         for message in messages:
+            payload = bytes(message.payload)
             try:
                 admitted, channel = admit(
-                    message.topic, bytes(message.payload), site=self.config.site,
+                    message.topic, payload, site=self.config.site,
                     max_bytes=max_bytes, pipeline=pipeline,
                     degrade=degrade, listener=self.metrics.pipeline,
                 )
@@ -208,6 +220,8 @@ class Gateway(Service):
             # Nothing for a frame the pipeline dropped (counted there, still acked); plus an
             # EVENT record for the events an operator derived from the frame.
             records.extend(admitted)
+            if channel in _REPORT_CHANNELS:
+                reports.append(payload)
         started = time.perf_counter()
         try:
             stored = self.outbox.put(records, state=self._snapshot(pipeline))
@@ -220,6 +234,24 @@ class Gateway(Service):
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.committed.inc(stored)
         self.uplink.wake()
+        self._observe_devices(reports)
+
+    def _observe_devices(self, reports: list[bytes]) -> None:
+        """Update the per-device gauges from admitted heartbeats and state records.
+
+        Only these two kinds are decoded again (a few per device per minute); detections
+        frames, the bulk of the traffic, never are.
+        """
+        for payload in reports:
+            try:
+                envelope = decode(payload, max_bytes=len(payload))
+                fields = map_from(envelope)
+            except WireError:  # admitted already: cannot happen, and never stops the intake
+                continue
+            self.metrics.devices.observe(
+                envelope.origin, heartbeat=envelope.kind is Kind.HEARTBEAT,
+                epoch=envelope.epoch, seq=envelope.seq, ts_ms=envelope.ts_ms, fields=fields,
+            )
 
     def _install_pipeline(self, pipeline: Pipeline | None) -> None:
         # One attribute assignment, read once per batch by _commit: no lock needed.
@@ -284,6 +316,34 @@ class Gateway(Service):
             Kind.STATE, origin=self.config.gateway_id, epoch=self.epoch,
             seq=self._state_seq.next(), ts_ms=now_ms(),
             fields={"state": state, "site": self.config.site},
+        )
+
+    def _beat(self) -> None:
+        # Through the outbox, like any record: the cloud learns the backlog of a gateway it
+        # cannot hear from as soon as the link is back, in order with the rest.
+        while not self._stopping.wait(self.config.heartbeat_interval_s):
+            try:
+                self.outbox.put([NewRecord(
+                    topic=self._state_topic, payload=self._heartbeat_payload(),
+                    priority=Priority.SUMMARY,
+                )])
+                self.uplink.wake()
+            except Exception:  # a full disk must not end the heartbeats for good
+                log.exception("gateway heartbeat failed")
+
+    def _heartbeat_payload(self) -> bytes:
+        stats = self.outbox.stats()
+        now = now_ms()
+        oldest = stats.oldest_created_ms
+        return encode_map(
+            Kind.HEARTBEAT, origin=self.config.gateway_id, epoch=self.epoch,
+            seq=self._state_seq.next(), ts_ms=now,
+            fields={
+                "outbox_records": stats.records, "outbox_bytes": stats.bytes,
+                "backlog_age_s": 0.0 if oldest is None else round((now - oldest) / 1000, 3),
+                "cloud_connected": self.uplink.connected.is_set(),
+                "fog_connected": self.intake.connected.is_set(),
+            },
         )
 
     def _publish_birth(self, client: mqtt.Client) -> None:

@@ -19,8 +19,11 @@ from evc.harness.broker import (
     start_broker,
     templates_dir,
 )
+from evc.harness.pki import TestCA
 from evc.harness.security import (
+    PROBE_USER,
     BrokerSecurity,
+    ClientCert,
     TlsFiles,
     render_cloud_acl,
     render_fog_acl,
@@ -30,9 +33,12 @@ from evc.harness.security import (
 __all__ = [
     "INSTALL_HINT",
     "LOOPBACK",
+    "PROBE_USER",
     "Broker",
     "BrokerSecurity",
+    "ClientCert",
     "MosquittoBroker",
+    "TestCA",
     "Tier",
     "TlsFiles",
     "create_broker",

@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from evc.errors import BrokerError
-from evc.harness.security import BrokerSecurity, write_password_file
+from evc.harness.security import PROBE_USER, BrokerSecurity, ClientCert, write_password_file
 
 Tier = Literal["fog", "cloud"]
 
@@ -47,9 +47,6 @@ _START_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 10.0
 _POLL_SECONDS = 0.05
 _PORT_ATTEMPTS = 3
-# The user the harness itself connects as to see whether a secure broker is up; the ACL grants
-# it nothing of its own.
-_PROBE_USER = "evc-harness-probe"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -114,7 +111,8 @@ def render_config(
         bind_address: Address of the listener; loopback unless inside a container.
         user: User the broker keeps when started as root; defaults to the effective user.
         secure_values: Render ``<tier>-secure.conf.template`` instead, with these extra values
-            (password_file, acl_file, tls, cafile, certfile, keyfile).
+            (password_file, acl_file, tls, cafile, certfile, keyfile, require_certificate,
+            use_identity_as_username).
 
     Raises:
         BrokerError: The template is missing or has a placeholder this function does not fill.
@@ -157,10 +155,12 @@ def mqtt_handshake(
     timeout: float,
     credentials: tuple[str, str] | None = None,
     ca_file: Path | None = None,
+    client_cert: ClientCert | None = None,
 ) -> bool:
     """Return True if an MQTT CONNECT to ``host:port`` gets a successful CONNACK in time.
 
-    ``credentials`` (username, password) and ``ca_file`` (TLS) are for secure brokers.
+    ``credentials`` (username, password), ``ca_file`` (TLS) and ``client_cert`` (mutual TLS,
+    implies TLS with its CA) are for secure brokers.
     """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -169,7 +169,11 @@ def mqtt_handshake(
     )
     if credentials is not None:
         client.username_pw_set(*credentials)
-    if ca_file is not None:
+    if client_cert is not None:
+        context = ssl.create_default_context(cafile=str(client_cert.ca_file))
+        context.load_cert_chain(str(client_cert.cert_file), str(client_cert.key_file))
+        client.tls_set_context(context)
+    elif ca_file is not None:
         client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
     client.connect_timeout = timeout
     deadline = time.monotonic() + timeout
@@ -509,8 +513,9 @@ class MosquittoBroker(Broker):
             self.host,
             self._port,
             timeout=timeout,
-            credentials=(_PROBE_USER, self._probe_password),
+            credentials=(PROBE_USER, self._probe_password),
             ca_file=self.security.tls.ca_file if self.security.tls else None,
+            client_cert=self.security.probe_certificate,
         )
 
     def _write_config(self) -> None:
@@ -527,7 +532,7 @@ class MosquittoBroker(Broker):
     def _write_security_files(self) -> dict[str, str] | None:
         if self.security is None:
             return None
-        users = {**self.security.users, _PROBE_USER: self._probe_password}
+        users = {**self.security.users, PROBE_USER: self._probe_password}
         password_file = write_password_file(self.workdir / "passwd", users)
         acl_file = self.workdir / "acl"
         acl_file.write_text(self.security.acl, encoding="utf-8")
@@ -539,7 +544,13 @@ class MosquittoBroker(Broker):
             "cafile": str(tls.ca_file) if tls else "",
             "certfile": str(tls.cert_file) if tls else "",
             "keyfile": str(tls.key_file) if tls else "",
+            "require_certificate": _flag(self.security.require_client_certificate),
+            "use_identity_as_username": _flag(self.security.use_identity_as_username),
         }
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def create_broker(

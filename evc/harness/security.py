@@ -19,6 +19,8 @@ from types import MappingProxyType
 from evc.errors import BrokerError
 from evc.wire.topics import validate_name
 
+# The user a harness broker's own readiness probe connects as; the ACLs grant it nothing.
+PROBE_USER = "evc-harness-probe"
 _HASHER = "mosquitto_passwd"
 _FALLBACK_HASHER = "/usr/bin/mosquitto_passwd"
 
@@ -33,22 +35,55 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCert:
+    """PEM files a client proves its identity with (mutual TLS), and the CA it trusts."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerSecurity:
     """What turns a harness broker into a secure one: users, their ACL and optionally TLS.
 
     Attributes:
-        users: username -> password; every client must be one of them.
+        users: username -> password; every client must be one of them (unless the certificate
+            is the identity, see ``use_identity_as_username``).
         acl: the ACL file's text, e.g. from :func:`render_fog_acl` or :func:`render_cloud_acl`.
         tls: serve MQTT over TLS with these files (``mqtts://``); plain TCP if None.
+        require_client_certificate: mutual TLS: a client without a certificate signed by
+            ``tls.ca_file`` is refused during the TLS handshake (Mosquitto
+            ``require_certificate``).
+        use_identity_as_username: the client certificate's CN is the username the ACL applies
+            to, and MQTT usernames and passwords are ignored (Mosquitto
+            ``use_identity_as_username``).
+        probe_certificate: the client certificate the harness checks the broker's readiness
+            with; required with ``require_client_certificate`` (``TestCA.probe_cert()``).
+
+    Raises:
+        BrokerError: client certificates are required without TLS or without a probe
+            certificate, or the identity is taken from certificates that are not required.
     """
 
     users: Mapping[str, str]
     acl: str
     tls: TlsFiles | None = None
+    require_client_certificate: bool = False
+    use_identity_as_username: bool = False
+    probe_certificate: ClientCert | None = None
 
     def __post_init__(self) -> None:
         # A caller mutating its dict later must not change a running broker's idea of its users.
         object.__setattr__(self, "users", MappingProxyType(dict(self.users)))
+        if self.require_client_certificate and self.tls is None:
+            raise BrokerError("require_client_certificate needs tls")
+        if self.require_client_certificate and self.probe_certificate is None:
+            raise BrokerError(
+                "require_client_certificate needs a probe_certificate (TestCA.probe_cert())"
+            )
+        if self.use_identity_as_username and not self.require_client_certificate:
+            raise BrokerError("use_identity_as_username needs require_client_certificate")
 
 
 def render_fog_acl(*, site: str, gateway: str) -> str:

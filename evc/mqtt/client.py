@@ -24,7 +24,23 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """Where a broker is and how to authenticate to it."""
+    """Where a broker is and how to authenticate to it.
+
+    Attributes:
+        host: Host name or IP address; with TLS it must match the broker certificate.
+        port: TCP port.
+        tls: Speak MQTT over TLS and verify the broker's certificate.
+        username: MQTT username (a broker that takes the identity from the client certificate
+            ignores it).
+        password: MQTT password.
+        ca_file: PEM file of the CA that signed the broker's certificate; the system's trusted
+            CAs if None.
+        cert_file: PEM file of this client's certificate (mutual TLS); it may hold the key too.
+        key_file: PEM file of the certificate's private key, if not in ``cert_file``.
+
+    Raises:
+        ConfigError: a client certificate without TLS, or a key file without a certificate.
+    """
 
     host: str
     port: int = 1883
@@ -32,10 +48,29 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cert_file is not None and not self.tls:
+            raise ConfigError(f"a client certificate needs TLS (mqtts://), not {self}")
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError(f"key file {self.key_file!r} given without a cert_file")
 
     @classmethod
-    def from_url(cls, url: str, *, ca_file: str | None = None) -> BrokerAddress:
-        """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS)."""
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> BrokerAddress:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS).
+
+        Raises:
+            ConfigError: the URL is malformed, or a client certificate is given for mqtt://.
+        """
         parts = urlsplit(url)
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise ConfigError(f"broker URL must look like mqtt://host:port, got {url!r}")
@@ -50,6 +85,8 @@ class BrokerAddress:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
         )
 
     def __str__(self) -> str:
@@ -144,11 +181,31 @@ def _apply_credentials(client: mqtt.Client, address: BrokerAddress) -> None:
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
+        client.tls_set_context(tls_context(address))
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext:
+    """The TLS context of a connection to ``address``: its CA, and its client certificate if any.
+
+    Raises:
+        ConfigError: the CA file, certificate or key cannot be read or do not match; the
+            message and ``path`` name the file.
+    """
+    try:
+        context = ssl.create_default_context(cafile=address.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the CA file {address.ca_file!r}: {exc}", path=address.ca_file
+        ) from exc
+    if address.cert_file is not None:
         try:
-            context = ssl.create_default_context(cafile=address.ca_file)
+            context.load_cert_chain(address.cert_file, address.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the CA file {address.ca_file!r}: {exc}") from exc
-        client.tls_set_context(context)
+            files = address.cert_file + (f" / {address.key_file}" if address.key_file else "")
+            raise ConfigError(
+                f"cannot load the client certificate {files}: {exc}", path=address.cert_file
+            ) from exc
+    return context
 
 
 def _set_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:

@@ -160,7 +160,9 @@ def _check_keys(doc: Any, keys: frozenset[str], what: str) -> None:
     if version != DELIVERY_VERSION:
         raise UnknownVersionError(f"delivery version {version} is not supported")
     if set(doc) != keys:
-        raise SchemaError(f"a {what} has exactly the fields {sorted(keys)}, got {sorted(doc)}")
+        # repr: the keys may mix str and bin, which do not sort together.
+        got = sorted(map(repr, doc))
+        raise SchemaError(f"a {what} has exactly the fields {sorted(keys)}, got {got}")
 
 
 def _check_sha256(sha256: Any) -> None:

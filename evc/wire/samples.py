@@ -41,7 +41,8 @@ from evc.wire.codec import (
 
 Scalar = int | float | str | bool | None
 _MAX_REGIONS = 64
-_MAX_REGION_PIXELS = 4096 * 4096
+_MAX_SIDE = 8192  # pixels of a frame's width or height
+_MAX_PIXELS = 4096 * 4096  # of all regions together: ~50 MB unpacked, whatever the count
 _ZSTD_LEVEL = 3
 
 
@@ -178,8 +179,10 @@ def _checked_body(envelope: Envelope) -> dict[str, Any]:
     if not isinstance(body, dict) or not keys <= body.keys() or body.keys() - keys - {"truth"}:
         raise SchemaError(f"sample body must be a map of {sorted(keys)} (and optional truth)")
     width, height = body["width"], body["height"]
-    if type(width) is not int or type(height) is not int or width <= 0 or height <= 0:
-        raise SchemaError("sample width and height must be positive integers")
+    if type(width) is not int or type(height) is not int or not (
+        0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE
+    ):
+        raise SchemaError(f"sample width and height must be integers in 1..{_MAX_SIDE}")
     if not isinstance(body["model"], str) or not isinstance(body["reason"], str):
         raise SchemaError("sample model and reason must be strings")
     if not isinstance(body["meta"], dict) or not all(
@@ -197,6 +200,7 @@ def _checked_body(envelope: Envelope) -> dict[str, Any]:
 def _check_regions(regions: Any, width: int, height: int) -> None:
     if not isinstance(regions, list) or len(regions) > _MAX_REGIONS:
         raise SchemaError(f"sample regions must be a list of at most {_MAX_REGIONS}")
+    pixels = 0
     for entry in regions:
         if not isinstance(entry, list) or len(entry) != 7:
             raise SchemaError("a sample region must be [x1, y1, x2, y2, rows, cols, data]")
@@ -206,8 +210,11 @@ def _check_regions(regions: Any, width: int, height: int) -> None:
         x1, y1, x2, y2, rows, cols = numbers
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
             raise SchemaError("a sample region lies outside its frame")
-        if (rows, cols) != (y2 - y1, x2 - x1) or rows * cols > _MAX_REGION_PIXELS:
+        if (rows, cols) != (y2 - y1, x2 - x1):
             raise SchemaError("a sample region's size does not match its box")
+        pixels += rows * cols
+        if pixels > _MAX_PIXELS:  # checked before anything is decompressed
+            raise SchemaError(f"sample regions hold more than {_MAX_PIXELS} pixels")
 
 
 def _check_det(det: Any) -> None:

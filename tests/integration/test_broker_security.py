@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,10 +12,6 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import DEFAULT_TIMEOUT_S, Published, finish_within, publish_frames, wait_for
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -26,7 +20,7 @@ from evc.harness import (
     Broker,
     BrokerSecurity,
     MosquittoBroker,
-    TlsFiles,
+    TestCA,
     render_cloud_acl,
     render_fog_acl,
 )
@@ -248,60 +242,10 @@ def test_a_device_with_credentials_in_its_url_reaches_the_gateway(
     run_device(BrokerAddress.from_url(fog.url_for("cam-1")), site, tmp_path, gateway)
 
 
-def make_ca_and_server_cert(directory: Path) -> TlsFiles:
-    """A throwaway CA and a certificate for 127.0.0.1 signed by it, as PEM files."""
-    now = dt.datetime.now(dt.UTC)
-
-    def cert(
-        subject: str,
-        key: ec.EllipticCurvePrivateKey,
-        issuer: x509.Name | None,
-        signer: ec.EllipticCurvePrivateKey,
-        *,
-        ca: bool,
-    ) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-        else:
-            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = cert("evc test CA", ca_key, None, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = cert("127.0.0.1", key, ca_cert.subject, ca_key, ca=False)
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
-
-
 def test_tls_listener_with_a_test_ca(
     evc_broker_factory: BrokerFactory, site: str, user_factory: UserFactory, tmp_path: Path
 ) -> None:
-    tls = make_ca_and_server_cert(tmp_path)
+    tls = TestCA.create(tmp_path / "pki").server_cert("fog")
     acl = render_fog_acl(site=site, gateway="gw-1")
     fog = evc_broker_factory("fog", security=BrokerSecurity(users=PASSWORDS, acl=acl, tls=tls))
     assert fog.url.startswith("mqtts://")

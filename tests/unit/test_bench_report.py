@@ -20,6 +20,8 @@ REQUIRED = (
     "e2e_latency_p50_ms",
     "e2e_latency_p99_ms",
     "drain_after_outage_speedup",
+    "model_uplink_copies_per_site",
+    "model_v2_map50_gain",
 )
 TARGETED = {
     "gateway_vs_raw_ratio": (0.5, 0.49),
@@ -28,6 +30,8 @@ TARGETED = {
     "outbox_enqueue_per_s": (100_000, 99_999),
     "e2e_latency_p99_ms": (100, 100.5),
     "drain_after_outage_speedup": (10, 9.9),
+    "model_uplink_copies_per_site": (1.0, 1.01),
+    "model_v2_map50_gain": (0.15, 0.149),
 }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from evc.gateway.pipeline.base import Drop, Frame, Operator, OperatorConfig
+from evc.wire.codec import MAX_INT64
 from evc.wire.derived import SummaryFrame, encode_summary
 
 
@@ -125,7 +126,9 @@ class Aggregate(Operator[AggregateConfig]):
     def _encode(self, origin: str, window: _Window) -> bytes:
         return encode_summary(
             origin=origin, epoch=window.epoch, seq=window.seq,
-            ts_ms=window.start_ms + self.window_ms, summary=window.summary(self.window_ms),
+            # A window that would end past the largest timestamp the wire carries ends there.
+            ts_ms=min(window.start_ms + self.window_ms, MAX_INT64),
+            summary=window.summary(self.window_ms),
         )
 
     def snapshot(self) -> bytes:
