@@ -24,7 +24,10 @@ from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
 
+from evc.cli.status import render
 from evc.cloud import CloudIngest
+from evc.cloud.fleet import fleet_status
+from evc.cloud.store import SqliteRecordStore
 from evc.config import (
     BrokerConfig,
     CloudConfig,
@@ -33,6 +36,7 @@ from evc.config import (
     DeviceConfig,
     GatewayConfig,
     GatewayModelsConfig,
+    MetricsConfig,
     OutboxConfig,
     PublishConfig,
     SimulationConfig,
@@ -43,6 +47,7 @@ from evc.device.simulate import SimulationResult, simulate
 from evc.gateway import Gateway
 from evc.harness import MosquittoBroker
 from evc.learning_demo import LoopError, LoopSettings, run_learning_loop
+from evc.metrics import MetricsServer
 from evc.models.signing import SigningKey, generate_keypair
 from evc.synthetic.sample_model import sample_model_path
 from evc.wire import Kind
@@ -59,6 +64,12 @@ class _Stack:
     gateway: Gateway
     key: SigningKey
     public_key: Path
+
+    @property
+    def store(self) -> SqliteRecordStore:
+        """The cloud worker's record store (the demo always uses SQLite)."""
+        assert isinstance(self.cloud.store, SqliteRecordStore)
+        return self.cloud.store
 
 
 def run_demo(
@@ -78,12 +89,19 @@ def run_demo(
         level=logging.WARNING, format="%(name)s: %(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    # The demo cuts the cloud broker on purpose and says so in its progress line; the clients'
+    # reconnect warnings would only look like a failure.
+    logging.getLogger("evc.mqtt").setLevel(logging.ERROR)
     stop = stop or threading.Event()
     outage = outage_s if outage_s is not None else max(1.0, duration_s / 4)
     with tempfile.TemporaryDirectory(prefix="evc-demo-") as tmp:
         work = Path(tmp)
         with console.status("starting brokers, cloud ingest and gateway"):
             stack = _start(work)
+        console.print(
+            f"metrics: gateway {_metrics_url(stack.gateway.metrics_server)}, "
+            f"cloud {_metrics_url(stack.cloud.metrics_server)}"
+        )
         try:
             summary = _run(
                 stack, work, console, stop,
@@ -91,17 +109,23 @@ def run_demo(
             )
             if loop is not None and not stop.is_set():
                 summary["learning_loop"] = _learn(stack, work, console, stop, loop)
+            fleet = fleet_status(stack.store)
         finally:
             stack.gateway.stop()
             stack.cloud.stop()
             stack.cloud_broker.close()
             stack.fog.close()
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({**summary, "fleet": fleet.to_dict()}, indent=2))
     else:
+        console.print("[bold]fleet[/] (`evc status`)\n" + render(fleet), soft_wrap=True)
         _print_summary(console, summary)
     learned = summary.get("learning_loop", {}).get("published") is not None or loop is None
     return 0 if summary["lost"] == 0 and learned else 1
+
+
+def _metrics_url(server: MetricsServer | None) -> str:
+    return "off" if server is None else f"http://127.0.0.1:{server.port}/metrics"
 
 
 def _learn(
@@ -130,6 +154,7 @@ def _start(work: Path) -> _Stack:
             cloud=BrokerConfig(url=cloud_broker.url),
             store=StoreConfig(path=work / "cloud" / "records.db"),
             models=CloudModelsConfig(registry=work / "registry", tick_s=0.5),
+            metrics=MetricsConfig(port=0),
         )
     )
     cloud.start()
@@ -140,6 +165,7 @@ def _start(work: Path) -> _Stack:
             outbox=OutboxConfig(path=work / "gateway" / "outbox.db"),
             models=GatewayModelsConfig(trusted_keys=[keys.public_path]),
             pipeline=[{"type": "sample", "max_per_minute": 120, "max_per_hour": 2000}],
+            metrics=MetricsConfig(port=0), heartbeat_interval_s=2.0,
         )
     )
     gateway.start()

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from evc.cloud.ingest import CloudIngest
 from evc.device.commands import DeviceCommands
 from evc.errors import EvcError, WireError
-from evc.gateway.commands import Problem, parse_command
+from evc.gateway.commands import parse_command
 from evc.gateway.intake import admit
 from evc.gateway.pipeline import (
     Aggregate,
@@ -62,6 +62,7 @@ from evc.gateway.pipeline import (
 from evc.models.manifest import Compatibility, Manifest
 from evc.models.signing import SignedManifest, SigningKey, TrustedKeys
 from evc.mqtt.client import BrokerAddress
+from evc.mqtt.command import Problem
 from evc.wire import (
     Alert,
     BatchEncoding,
@@ -252,17 +253,17 @@ class DeviceCommandTarget:
         )
 
     def __call__(self, data: bytes) -> str | None:
-        reply = json.loads(self.commands.handle(data))
-        if reply["result"] == "applied":
+        reply = self.commands.handle(data)
+        if reply.result == "applied":
             return None
-        if reply["result"] == "stale":
+        if reply.result == "stale":
             return "stale"
-        message = str(reply["errors"][0]["message"]) if reply["errors"] else ""
+        message = reply.errors[0].message if reply.errors else ""
         if message.startswith("over "):
             return "oversized"
         if message.startswith("cannot apply"):
             return "apply"
-        if reply["errors"] and reply["errors"][0]["path"] == "":
+        if reply.errors and reply.errors[0].path == "":
             return "not_json" if "JSON" in message or "EOF" in message else "not_object"
         return "invalid"
 

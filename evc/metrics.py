@@ -448,13 +448,20 @@ class ModelDeliveryMetrics:
     def __init__(self, r: CollectorRegistry, prefix: str) -> None:
         self.manifests = Counter(
             f"{prefix}_model_manifests_total",
-            "Desired-model manifests seen, by result (relayed, cleared, refused).",
+            "Desired-model manifests, by result (relayed, cleared, republished after a "
+            "reconnect to the fog broker).",
             ["result"], registry=r,
         )
         self.refused = Counter(
             f"{prefix}_model_refused_total",
-            "Model updates or chunks refused, by reason (signature, unknown_key, "
-            "chunk_digest, digest, ...).",
+            "Model updates or chunks from the tier above refused, by reason (signature, "
+            "unknown_key, too_large, chunk_digest, digest, io, overflow, ...).",
+            ["reason"], registry=r,
+        )
+        self.requests_refused = Counter(
+            f"{prefix}_model_requests_refused_total",
+            "Chunk requests from devices not (wholly) served, by reason (not_available, "
+            "malformed, topic, chunk_index, chunk_size).",
             ["reason"], registry=r,
         )
         self.fetched_bytes = Counter(
@@ -470,7 +477,8 @@ class ModelDeliveryMetrics:
             r, f"{prefix}_model_served_chunks", "Chunks served to devices.", _zero,
         )
         self.cached = Gauge(
-            f"{prefix}_model_cached_artifacts", "Complete artifacts in the cache.", registry=r,
+            f"{prefix}_model_cached_artifacts", "Complete artifacts in the cache, read from disk.",
+            registry=r,
         )
 
 
@@ -506,4 +514,17 @@ class CloudMetrics:
         self.commit_failures = CallbackCounter(
             r, "evc_cloud_commit_failures_total",
             "Intake batches whose commit to the store failed (retried, not acked).", _zero,
+        )
+        self.rollouts = Gauge(
+            "evc_cloud_rollouts", "Model rollouts known to this worker, by stage.", ["stage"],
+            registry=r,
+        )
+        self.rollouts_halted = Counter(
+            "evc_cloud_rollouts_halted_total",
+            "Rollouts halted because a device rolled the new model back, by site and model.",
+            ["site", "model"], registry=r,
+        )
+        self.model_served_bytes = CallbackCounter(
+            r, "evc_cloud_model_served_bytes",
+            "Model artifact bytes served to gateways (one copy per site is the goal).", _zero,
         )

@@ -23,8 +23,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from evc.bench.processes import BenchError
 from evc.cloud.dataset import Dataset, Item, ItemId
 from evc.cloud.labelling import SyntheticTruthLabeller
@@ -48,7 +46,7 @@ from evc.metrics import GatewayMetrics
 from evc.models.signing import SigningKey, TrustedKeys, generate_keypair
 from evc.mqtt.client import BrokerAddress
 from evc.synthetic import Domain, SceneConfig, SyntheticCamera
-from evc.synthetic.sample_model import sample_model_path
+from evc.synthetic.sample_model import sample_model_copy, sample_model_path
 from evc.wire import decode, encode_sample, sample_from
 
 MODEL_NAME = "shapes"
@@ -78,19 +76,6 @@ class DeliveryFigures:
     device_duplicate_chunks: int  # chunks devices received twice (re-asked after a quiet spell)
     rss_mb_before_devices: float
     rss_mb_all_swapped: float
-
-
-def relabelled(source: Path, target: Path, version: str) -> Path:
-    """``source`` with another version in its metadata: other bytes, same behaviour."""
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key == "version":
-            prop.value = version
-            break
-    else:
-        model.metadata_props.add(key="version", value=version)
-    onnx.save(model, str(target))
-    return target
 
 
 def _rss_mb() -> float:
@@ -125,7 +110,7 @@ def measure_delivery(
                                  key=key)
         v2 = service.registry.publish(
             name=MODEL_NAME, version="2", key=key,
-            artifact=relabelled(sample_model_path(), workdir / "v2.onnx", "2"),
+            artifact=sample_model_copy(workdir / "v2.onnx", version="2"),
         )
         relay = ModelRelay(
             site=site, gateway_id="gw-1", fog=fog_at, cloud=cloud_at,

@@ -8,6 +8,7 @@ refused it (the report says why).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from evc.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Groups, command, print_result
@@ -50,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, CloudConfig)
     if config.models.registry is None:
-        print(f"evc: {args.config} sets no models.registry", flush=True)
+        print(f"evc: {args.config} sets no models.registry", file=sys.stderr, flush=True)
         return EXIT_USAGE
     store = SqliteRecordStore(config.store.path)
     try:

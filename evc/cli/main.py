@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from evc.cli.common import (
 )
 from evc.config import CloudConfig, DeviceConfig, GatewayConfig, load_config
 from evc.errors import ConfigError, EvcError
+from evc.mqtt.command import Reply
 from evc.service import Service
 from evc.wire import Kind
 
@@ -52,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader went away (`evc status --json | head`): not an error of ours. Point stdout
+        # at nothing so that Python's exit flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,15 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="Print the URLs as JSON.")
 
     demo = command(groups, "demo", "Run the whole hierarchy locally and summarise.", _demo)
-    demo.add_argument("--devices", type=int, default=4, help="Simulated cameras (default 4).")
-    demo.add_argument("--fps", type=float, default=20.0, help="Frames/s per camera (default 20).")
-    demo.add_argument("--duration", type=float, default=15.0, help="Seconds (default 15).")
+    demo.add_argument(
+        "--devices", type=_positive(int), default=4, help="Simulated cameras (default 4)."
+    )
+    demo.add_argument(
+        "--fps", type=_positive(float), default=20.0, help="Frames/s per camera (default 20)."
+    )
+    demo.add_argument(
+        "--duration", type=_positive(float), default=15.0, help="Seconds (default 15)."
+    )
     demo.add_argument(
         "--no-loop", action="store_true",
         help="Skip the learning loop (scene shift, hard examples, v2 training and rollout).",
     )
     demo.add_argument(
-        "--train-budget", type=float, default=60.0, metavar="SECONDS",
+        "--train-budget", type=_positive(float), default=60.0, metavar="SECONDS",
         help="Training time budget of the learning loop (default 60).",
     )
     demo.add_argument("--json", action="store_true", help="Print the summary as JSON.")
@@ -133,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="Write a Markdown report here (e.g. docs/BENCHMARKS.md)."
     )
     return parser
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """An argparse type: a number above zero (else a usage error, exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
 
 
 def _config_options(parser: argparse.ArgumentParser, *, validate: bool = True) -> None:
@@ -210,13 +238,18 @@ def _gateway_configure(args: argparse.Namespace) -> int:
         version=args.config_version, pipeline=_read_pipeline(args.pipeline),
         timeout_s=args.timeout,
     )
-    summary = asdict(reply)
-    if args.json:
-        print_result(summary, as_json=True)
+    return _print_reply(reply, f"gateway {args.site}/{args.gateway}", as_json=args.json)
+
+
+def _print_reply(reply: Reply, target: str, *, as_json: bool) -> int:
+    """Print a command's reply; exit 0 if it was applied, 1 if not."""
+    if as_json:
+        print_result(asdict(reply), as_json=True)
     else:
-        print(f"version {reply.version}: {reply.result} (active version {reply.active_version})")
+        print(f"{target}: version {reply.version} {reply.result} "
+              f"(active version {reply.active_version})", flush=True)
         for error in reply.errors:
-            print(f"  {error.path or '(top level)'}: {error.message}")
+            print(f"  {error.path or '(top level)'}: {error.message}", flush=True)
     return EXIT_OK if reply.applied else EXIT_FAILURE
 
 
@@ -313,14 +346,7 @@ def _device_configure(args: argparse.Namespace) -> int:
         address=BrokerAddress.from_url(args.cloud), site=args.site, device=args.device,
         version=args.config_version, settings=settings, timeout_s=args.timeout,
     )
-    if args.json:
-        print_result(reply, as_json=True)
-    else:
-        print(f"device {args.site}/{args.device}: {reply['result']} "
-              f"(active version {reply['active_version']})", flush=True)
-        for error in reply.get("errors") or []:
-            print(f"  {error['path'] or '(command)'}: {error['message']}", flush=True)
-    return EXIT_OK if reply["applied"] else EXIT_FAILURE
+    return _print_reply(reply, f"device {args.site}/{args.device}", as_json=args.json)
 
 
 def _broker_up(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``evc model deploy|rollout|status``: what a site's devices should run, and what they do run.
+"""``evc model deploy|rollout|abort|status``: what a site's devices should run, and what they run.
 
 Each command reads the cloud worker's config (``--config cloud.yaml``) for the cloud broker, the
 record store (device heartbeats) and the model registry; rollouts are advanced by the running
@@ -8,6 +8,7 @@ cloud worker (``models.rollouts: true``), these commands only start them and sho
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -38,6 +39,13 @@ def add_commands(model: Groups) -> None:
         "--promote-after", type=float, default=60.0, metavar="SECONDS",
         help="Promote once every canary ran the version healthily this long (default 60).",
     )
+    abort = command(
+        model, "abort", "Halt an active rollout: the site's default model is desired again.",
+        _abort,
+    )
+    abort.add_argument("--config", "-c", required=True, help="The cloud worker's YAML config.")
+    abort.add_argument("--id", type=int, required=True, dest="rollout_id", help="Rollout id.")
+    abort.add_argument("--json", action="store_true", help="Print JSON for scripts.")
     status = command(
         model, "status", "Show rollouts, desired models and what each device runs.", _status
     )
@@ -81,7 +89,7 @@ def _controller(args: argparse.Namespace) -> Iterator[RolloutController | None]:
 
 
 def _no_registry(args: argparse.Namespace) -> int:
-    print(f"evc: {args.config} sets no models.registry", flush=True)
+    print(f"evc: {args.config} sets no models.registry", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 
@@ -106,6 +114,15 @@ def _rollout(args: argparse.Namespace) -> int:
             site=args.site, name=args.name, version=args.version,
             canary_group=args.canary_group, promote_after_s=args.promote_after,
         )
+    print_result(_rollout_row(asdict(rollout)), as_json=args.json)
+    return EXIT_OK
+
+
+def _abort(args: argparse.Namespace) -> int:
+    with _controller(args) as controller:
+        if controller is None:
+            return _no_registry(args)
+        rollout = controller.abort(args.rollout_id)
     print_result(_rollout_row(asdict(rollout)), as_json=args.json)
     return EXIT_OK
 

@@ -54,7 +54,7 @@ class CloudIngest(Service):
             self.models = ModelService(
                 address=config.cloud.address, registry=config.models.registry, store=self.store,
                 rollouts=config.models.rollouts, tick_s=config.models.tick_s,
-                report_window_s=config.models.report_window_s,
+                report_window_s=config.models.report_window_s, metrics=self.metrics,
             )
         self.metrics.connected.set_function(lambda: float(self.consumer.connected.is_set()))
         self.metrics.commit_failures.read = lambda: self.consumer.commit_failures

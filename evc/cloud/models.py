@@ -13,13 +13,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from evc.cloud.registry import ModelRegistry
-from evc.cloud.rollout import DeviceReport, RolloutController
+from evc.cloud.rollout import DeviceReport, RolloutController, Stage
 from evc.cloud.store import SqliteRecordStore
 from evc.errors import EvcError
+from evc.metrics import CloudMetrics
 from evc.models import Manifest
 from evc.models.signing import SignedManifest
 from evc.models.transfer import ChunkServer
@@ -40,11 +41,18 @@ class RetainedPublisher:
 
     def __init__(self, *, address: BrokerAddress, timeout_s: float = 10.0) -> None:
         self._timeout_s = timeout_s
+        self._address = address
+        self._connected = threading.Event()
         self._client = new_client(client_id=f"evc-models-{uuid.uuid4().hex[:12]}", address=address)
+        self._client.on_connect = lambda *_a: self._connected.set()
+        self._client.on_disconnect = lambda *_a: self._connected.clear()
         connect_async(self._client, address)
         self._client.loop_start()
 
     def __call__(self, site: str, group: str, manifest: SignedManifest | None) -> None:
+        # paho refuses a publish before its first connection: wait for it, within reason.
+        if not self._connected.wait(self._timeout_s):
+            raise PublishError(f"cannot reach the cloud broker {self._address}")
         payload = b"" if manifest is None else manifest.to_json()
         info = self._client.publish(
             str(DesiredModelTopic(site, group)), payload, qos=1, retain=True
@@ -65,8 +73,9 @@ class RetainedPublisher:
 class StoreReports:
     """Each device's latest model report, from the store's view of its devices.
 
-    Only devices heard within ``window_s`` count, and not those whose last word was their death:
-    a device that is gone does not hold a rollout. Gateways' own heartbeats are not devices.
+    Only devices that follow model updates count (their heartbeats carry ``model_sha256``),
+    heard within ``window_s``, and not those whose last word was their death: a device that is
+    gone, or that runs a fixed model, does not hold a rollout. Gateways are not devices.
     """
 
     def __init__(self, store: SqliteRecordStore, *, window_s: float = 300.0) -> None:
@@ -78,7 +87,8 @@ class StoreReports:
         return [
             _report(row.device, row.heartbeat_ms or row.last_seen_ms, row.heartbeat)
             for row in self._store.devices(site=site)
-            if row.last_seen_ms >= since and row.online is not False and row.heartbeat
+            if row.last_seen_ms >= since and row.online is not False
+            and row.heartbeat.get("model_sha256")
         ]
 
 
@@ -104,11 +114,13 @@ class ModelService:
         rollouts: advance rollouts here (run it in one worker of a deployment only).
         tick_s: seconds between rollout steps.
         report_window_s: devices heard from within this window count in rollouts.
+        metrics: where rollout stages, halts and served bytes are counted.
     """
 
     def __init__(
         self, *, address: BrokerAddress, registry: Path, store: SqliteRecordStore,
         rollouts: bool = True, tick_s: float = 2.0, report_window_s: float = 300.0,
+        metrics: CloudMetrics | None = None,
     ) -> None:
         self.registry = ModelRegistry(registry)
         self.server = ChunkServer(
@@ -124,6 +136,10 @@ class ModelService:
         self._rollouts = rollouts
         self._report_window_s = report_window_s
         self._ticker = threading.Thread(target=self._tick, name="rollouts", daemon=True)
+        self._metrics = metrics
+        self._artifacts: dict[str, tuple[Manifest, Path]] = {}
+        if metrics is not None:
+            metrics.model_served_bytes.read = lambda: self.server.bytes_served
 
     def start(self) -> None:
         """Serve chunks; advance rollouts in the background."""
@@ -135,7 +151,29 @@ class ModelService:
                 publish=self.publisher,
                 reports=StoreReports(self.store, window_s=self._report_window_s),
             )
+            self._watch_stages()
+            self._republish()
             self._ticker.start()
+
+    def _republish(self) -> None:
+        # A cloud broker that lost its retained store (a crash between autosaves, a new
+        # broker) gets every desired manifest back when this worker starts.
+        assert self.controller is not None
+        try:
+            self.controller.republish()
+        except EvcError as exc:
+            log.warning("could not republish the desired models: %s", exc)
+
+    def _watch_stages(self) -> None:
+        if self._metrics is None or self.controller is None:
+            return
+        controller = self.controller
+
+        def counter(stage: Stage) -> Callable[[], float]:
+            return lambda: float(sum(r.stage is stage for r in controller.rollouts()))
+
+        for stage in Stage:
+            self._metrics.rollouts.labels(stage.value).set_function(counter(stage))
 
     def stop(self) -> None:
         """Stop ticking, disconnect."""
@@ -153,6 +191,8 @@ class ModelService:
         while not self._stop.wait(self._tick_s):
             try:
                 for rollout in self.controller.tick():
+                    if rollout.stage is Stage.HALTED and self._metrics is not None:
+                        self._metrics.rollouts_halted.labels(rollout.site, rollout.name).inc()
                     log.info(
                         "rollout %d of %s:%s to %s is %s: %s", rollout.id, rollout.name,
                         rollout.version, rollout.site, rollout.stage.value, rollout.reason,
@@ -161,8 +201,14 @@ class ModelService:
                 log.warning("rollout step failed: %s", exc)
 
     def _lookup(self, sha256: str) -> tuple[Manifest, Path] | None:
+        # Called for every chunk request, on paho's thread: a published artifact never changes,
+        # so it is looked up in the registry (which reads every manifest) once.
+        found = self._artifacts.get(sha256)
+        if found is not None:
+            return found
         signed = self.registry.find(sha256)
         path = self.registry.artifact_path(sha256) if signed is not None else None
         if signed is None or path is None:
             return None
+        self._artifacts[sha256] = (signed.manifest, path)
         return signed.manifest, path

@@ -144,6 +144,10 @@ class RolloutController:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        # The cloud worker ticks while `evc model rollout|status` read and write from another
+        # process: WAL lets them read during a write, the timeout makes writers wait their turn.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._registry = registry
@@ -163,9 +167,14 @@ class RolloutController:
     ) -> Rollout:
         """Start rolling ``name:version`` out to ``site``, canaries first.
 
+        The site must have a default model (``set_default``, ``evc model deploy``): it is what
+        every device returns to if the rollout halts.
+
         Raises:
-            RolloutError: another rollout of the site is active, or the canary group is ``all``.
+            RolloutError: another rollout of the site is active, the site has no default model,
+                or the canary group is ``all``.
             RegistryError: the version is not in the registry.
+            PublishError: the canary manifest could not be published (nothing is recorded).
         """
         validate_name(site, what="site")
         validate_name(canary_group, what="device group")
@@ -174,18 +183,49 @@ class RolloutController:
         signed = self._registry.get(name, version)
         now = self._clock()
         with self._lock:
-            if any(r.stage in ACTIVE_STAGES for r in self._rollouts(site)):
-                raise RolloutError(f"site {site!r} already has an active rollout")
-            cursor = self._db.execute(
-                "INSERT INTO rollouts (site, name, version, sha256, canary_group, "
-                "promote_after_s, stage, started_ms, updated_ms, previous) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (site, name, version, signed.manifest.sha256, canary_group, promote_after_s,
-                 Stage.CANARY.value, now, now, self._desired_json(site, ALL_DEVICES)),
-            )
-            self._set_desired(site, canary_group, signed)
-            rollout_id = int(cursor.lastrowid or 0)
+            self._db.execute("BEGIN IMMEDIATE")  # one start per site, also across processes
+            try:
+                rollout_id = self._insert(site, signed, canary_group, promote_after_s, now)
+                self._set_desired(site, canary_group, signed)  # may raise: nothing recorded
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         return self.get(rollout_id)
+
+    def _insert(
+        self, site: str, signed: SignedManifest, canary_group: str, promote_after_s: float,
+        now: int,
+    ) -> int:
+        if any(r.stage in ACTIVE_STAGES for r in self._rollouts(site)):
+            raise RolloutError(f"site {site!r} already has an active rollout")
+        previous = self._desired_json(site, ALL_DEVICES)
+        if previous is None:
+            raise RolloutError(
+                f"site {site!r} has no default model to fall back to if the rollout halts; "
+                "make one the default first (evc model deploy)"
+            )
+        manifest = signed.manifest
+        cursor = self._db.execute(
+            "INSERT INTO rollouts (site, name, version, sha256, canary_group, "
+            "promote_after_s, stage, started_ms, updated_ms, previous) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (site, manifest.name, manifest.version, manifest.sha256, canary_group,
+             promote_after_s, Stage.CANARY.value, now, now, previous),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def abort(self, rollout_id: int, *, reason: str = "aborted by an operator") -> Rollout:
+        """Halt an active rollout now, as if a device had rolled it back.
+
+        Raises:
+            RolloutError: no such rollout, or it is not active.
+        """
+        with self._lock:
+            rollout = self._get(rollout_id)
+            if rollout.stage not in ACTIVE_STAGES:
+                raise RolloutError(f"rollout {rollout_id} is {rollout.stage.value}, not active")
+            return self._halt(rollout, reason)
 
     def set_default(self, *, site: str, name: str, version: str) -> SignedManifest:
         """Make ``name:version`` the site's desired model at once, without stages."""
@@ -196,6 +236,10 @@ class RolloutController:
 
     def get(self, rollout_id: int) -> Rollout:
         """One rollout by id."""
+        with self._lock:
+            return self._get(rollout_id)
+
+    def _get(self, rollout_id: int) -> Rollout:
         row = self._db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
         if row is None:
             raise RolloutError(f"no rollout {rollout_id}")
@@ -208,7 +252,10 @@ class RolloutController:
 
     def desired(self, site: str) -> dict[str, SignedManifest]:
         """The manifests last published for each group of ``site``."""
-        rows = self._db.execute("SELECT grp, manifest FROM desired WHERE site = ?", (site,))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT grp, manifest FROM desired WHERE site = ?", (site,)
+            ).fetchall()
         return {row["grp"]: SignedManifest.parse(row["manifest"]) for row in rows}
 
     def reports(self, site: str) -> Sequence[DeviceReport]:
@@ -217,8 +264,10 @@ class RolloutController:
 
     def republish(self) -> None:
         """Publish every desired manifest again (after the broker lost its retained store)."""
-        for row in self._db.execute("SELECT site, grp, manifest FROM desired"):
-            self._publish(row["site"], row["grp"], SignedManifest.parse(row["manifest"]))
+        with self._lock:
+            rows = self._db.execute("SELECT site, grp, manifest FROM desired").fetchall()
+            for row in rows:
+                self._publish(row["site"], row["grp"], SignedManifest.parse(row["manifest"]))
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -260,7 +309,8 @@ class RolloutController:
         self._set_desired(rollout.site, rollout.canary_group, None)
         return self._update(
             rollout, stage=Stage.PROMOTED, healthy_since_ms=since,
-            reason=f"{len(canaries)} canaries healthy for {rollout.promote_after_s:g} s",
+            reason=f"{len(canaries)} canar{'y' if len(canaries) == 1 else 'ies'} healthy for "
+            f"{rollout.promote_after_s:g} s",
         )
 
     def _halt(self, rollout: Rollout, reason: str) -> Rollout:

@@ -6,7 +6,8 @@ frames, and says why with a counted ``reason``; it never raises into the camera 
 that passes is swapped in between two frames and kept on probation beside the previous one: if it
 raises, the previous model takes over on the same frame; if it turns out slow or keeps producing
 malformed output, the previous model takes over for good. The active model is recorded in
-``models_dir/active.json`` so a reboot comes up on the model that was swapped in.
+``models_dir/active.json`` so a reboot comes up on the model that was swapped in, still
+reporting the model that last failed and why.
 
 Example::
 
@@ -79,6 +80,12 @@ class ActiveRecord(StrictModel):
     state: ModelState = Field(ModelState.SERVING, description="State when it was written.")
     rejected_sha256: str | None = Field(
         None, description="The last model that failed; refused until a different one comes."
+    )
+    failed_version: str | None = Field(
+        None, description="Version of the model that last failed (heartbeat `model_failed`)."
+    )
+    failure_reason: str | None = Field(
+        None, description="Why it failed (heartbeat `model_failure`), e.g. `probation_error`."
     )
 
 
@@ -450,7 +457,10 @@ class ModelSlot:
         log.warning("model %s refused (%s): %s", manifest.label, refused.reason, refused.detail)
         ref = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256)
         with self._lock:
-            if refused.reason in ("already_active", "rejected_before"):
+            if refused.reason == "rejected_before":
+                self._counts[refused.reason] += 1
+                self._recall_failure(ref)
+            elif refused.reason == "already_active":
                 self._counts[refused.reason] += 1
             else:
                 self._fail(ref, refused.reason)
@@ -459,6 +469,18 @@ class ModelSlot:
             installed=False, reason=refused.reason, version=manifest.version,
             detail=refused.detail,
         )
+
+    def _recall_failure(self, ref: ModelRef) -> None:
+        """Report ``ref`` as failed again, if the failure was lost (locked).
+
+        The cloud learns of a rollback only from heartbeats: a device that keeps refusing the
+        same bytes must keep saying so, even with an ``active.json`` written before the failure
+        fields were recorded.
+        """
+        if self._failure is not None and self._failure[1] == ref.version:
+            return
+        self._failure = ("rejected_before", ref.version)
+        self._persist()
 
     def _fail(self, ref: ModelRef, reason: str) -> None:
         """Remember a model that failed, so the same bytes are not tried again (locked)."""
@@ -501,6 +523,10 @@ class ModelSlot:
         record = self._read_record()
         if record is not None:
             self._rejected = record.rejected_sha256
+            if record.failed_version is not None:
+                # What a heartbeat last said went wrong must survive a reboot: a rollout waits
+                # for it to halt.
+                self._failure = (record.failure_reason or "unknown", record.failed_version)
             active = self._load_recorded(record.active)
             if active is not None:
                 return self._resume(record, active)
@@ -549,9 +575,12 @@ class ModelSlot:
     def _persist(self) -> None:
         """Write ``active.json`` atomically (locked). A full disk must not stop the camera."""
         stage = self._stage
+        failure = self._failure
         record = ActiveRecord(
             active=stage.active.ref, previous=stage.previous, state=self._state,
             rejected_sha256=self._rejected,
+            failure_reason=failure[0] if failure else None,
+            failed_version=failure[1] if failure else None,
         )
         try:
             self._keep_on_disk(stage.active)

@@ -21,11 +21,12 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from evc.config import SamplingConfig
 from evc.device.commands import DeviceCommands, DeviceSettings
 from evc.device.health import InferenceHealth
 from evc.device.model_slot import ModelSlot
 from evc.device.reduction import ChangeFilter, PublishMode
-from evc.device.sampling import HardExampleSampler, Truth
+from evc.device.sampling import HardExampleSampler, Predictions, Truth
 from evc.device.updates import ModelUpdater
 from evc.errors import DeviceNotStartedError, PayloadTooLargeError
 from evc.identity import SequenceCounter, next_boot_epoch
@@ -49,19 +50,10 @@ log = logging.getLogger(__name__)
 HeartbeatFields = Mapping[str, int | float | str | bool | None]
 
 
-class DetectorOutput(Protocol):
-    """What :meth:`Device.publish_frame` needs from a detector (``evc.inference.Detections``)."""
+class DetectorOutput(Predictions, Protocol):
+    """What :meth:`Device.publish_frame` needs from a detector (``evc.inference.Detections``):
+    the predictions a sampler looks at, and how long each stage took."""
 
-    @property
-    def class_ids(self) -> npt.NDArray[Any]: ...
-    @property
-    def scores(self) -> npt.NDArray[Any]: ...
-    @property
-    def boxes(self) -> npt.NDArray[Any]: ...
-    @property
-    def width(self) -> int: ...
-    @property
-    def height(self) -> int: ...
     @property
     def preprocess_ms(self) -> float: ...
     @property
@@ -183,15 +175,23 @@ class Device:
         """
         if settings.publish is not None:
             policy = settings.publish
-            self.change_filter = ChangeFilter(
+            replacement = ChangeFilter(
                 mode=policy.mode, iou_threshold=policy.iou_threshold,
                 keyframe_interval_s=policy.keyframe_interval_s,
             )
+            replacement.counts = self.change_filter.counts  # heartbeat counters never go back
+            self.change_filter = replacement
         if settings.heartbeat_interval_s is not None:
             self.heartbeat_interval_s = settings.heartbeat_interval_s  # read at each beat
         if settings.sampling is not None:
-            enabled = settings.sampling.enabled
-            self.sampler = HardExampleSampler(settings.sampling) if enabled else None
+            self._replace_sampler(settings.sampling)
+
+    def _replace_sampler(self, config: SamplingConfig) -> None:
+        old = self.sampler
+        new = HardExampleSampler(config) if config.enabled else None
+        if old is not None and new is not None:
+            new.sampled, new.skipped = old.sampled, old.skipped  # counters never go back
+        self.sampler = new
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -316,9 +316,10 @@ class Device:
                 boxes=detections.boxes, width=detections.width, height=detections.height,
                 model_version=model_version,
             )
-        if self.sampler is not None and image is not None:
+        sampler = self.sampler  # once: pushed settings may swap it from another thread
+        if sampler is not None and image is not None:
             self._offer(
-                self.sampler, detections, image, now_s=now_s,
+                sampler, detections, image, now_s=now_s,
                 model_version=model_version, truth=truth, meta=meta,
             )
         return key
@@ -365,6 +366,7 @@ class Device:
     def publish_heartbeat(self, fields: HeartbeatFields | None = None) -> IdempotencyKey:
         """Publish a heartbeat now, with the standard fields and any ``fields`` given."""
         seq = self._seq.next()
+        sampler = self.sampler
         body: dict[str, Any] = {
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "published": self.published,
@@ -372,7 +374,7 @@ class Device:
             "model": self.model_version,
             "frames_suppressed": self.change_filter.counts.suppressed,
             "samples_sent": self.samples_sent,
-            "samples_over_budget": self.sampler.skipped["budget"] if self.sampler else 0,
+            "samples_over_budget": sampler.skipped["budget"] if sampler else 0,
             **self.health.fields(),
         }
         if self.models is not None:

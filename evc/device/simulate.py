@@ -240,6 +240,8 @@ def _sources(
     def shared_detect(image: npt.NDArray[np.uint8]) -> SlotDetections:
         return SlotDetections(shared(image), shared.model_version)
 
+    for device in devices:
+        device.model_version = shared.model_version  # what heartbeats and births report
     sources = [
         _camera_source(device.models.slot.run if device.models else shared_detect, iter(camera))
         for camera, device in zip(cameras, devices, strict=True)

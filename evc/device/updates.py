@@ -23,14 +23,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from evc.device.model_slot import ModelSlot
 from evc.errors import EvcError
 from evc.models.cache import ArtifactCache
-from evc.models.signing import SignedManifest, TrustedKeys
-from evc.models.transfer import ChunkFetcher, TransferError
+from evc.models.manifest import ManifestError
+from evc.models.signing import SignatureError, TrustedKeys
+from evc.models.transfer import Backoff, ChunkFetcher, TransferError
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
 from evc.wire import ALL_DEVICES, Channel, DesiredModelTopic, DeviceTopic
 
 log = logging.getLogger(__name__)
 
-_MAX_MANIFEST_BYTES = 64 * 1024
+_TIMEOUT_PAUSE_S = 1.0  # after a fetch round that timed out: it already waited its full round
 
 
 class ModelUpdater:
@@ -45,6 +46,12 @@ class ModelUpdater:
         trusted: the keys a manifest must be signed with.
         folder: where partial and complete downloads are kept.
         fetch_timeout_s: one fetch attempt; a partial download resumes in the next.
+
+    Attributes:
+        refused: model updates refused or failed, by reason (``signature``, ``too_large``,
+            ``digest``, ``io``: the download could not be written, retried with back-off;
+            ``error``: an unexpected failure, retried with back-off; and the slot's reasons).
+        installed: models swapped in.
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class ModelUpdater:
         self._handled: bytes | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._retry = Backoff()
         self.fetcher = ChunkFetcher(
             address=address, receiver=DeviceTopic(site, device_id, Channel.MODEL),
             cache=ArtifactCache(folder), client_id=f"evc-dev-{site}-{device_id}-fetch",
@@ -83,12 +91,12 @@ class ModelUpdater:
     def stop(self) -> None:
         """Stop following (a partial download stays for the next start); disconnect."""
         self._stop.set()
+        self.fetcher.stop()  # a fetch in progress gives up now, not at the end of its round
         self._wake.set()
         if self._worker.is_alive():
             self._worker.join(timeout=self._fetch_timeout_s + 5)
         self._client.disconnect()
         self._client.loop_stop()
-        self.fetcher.stop()
 
     def heartbeat_fields(self) -> dict[str, str | int | float | None]:
         """The slot's fields, plus the active model's digest, the group and refusals."""
@@ -129,40 +137,55 @@ class ModelUpdater:
             payload = self._effective()
             if payload is None or payload == self._handled:
                 continue
-            try:
-                done = self._follow(payload)
-            except Exception:  # a bug here must not end model updates for good
-                log.exception("following the desired model failed")
-                done = True
-            if done:
+            if self._attempt(payload):
                 self._handled = payload
+                self._retry.reset()
             elif not self._stop.is_set():
                 self._wake.set()  # not finished (the fog is slow or away): try again
+
+    def _attempt(self, payload: bytes) -> bool:
+        """Follow one desired manifest; False (after a pause) if it should be tried again."""
+        try:
+            return self._follow(payload)
+        # A bug or an unforeseen failure must neither end model updates nor skip this model.
+        except Exception as exc:
+            log.exception("following the desired model failed")
+            self._refuse("error", exc)
+            self._stop.wait(self._retry.next_s())
+            return False
 
     def _follow(self, payload: bytes) -> bool:
         """Act on one desired manifest; False if it should be tried again."""
         try:
-            if len(payload) > _MAX_MANIFEST_BYTES:
-                raise TransferError("manifest too large", reason="manifest")
-            manifest = self._trusted.verify(SignedManifest.parse(payload))
-        except EvcError as exc:
-            self._refuse(getattr(exc, "reason", "manifest"), exc)
+            manifest = self._trusted.verify_payload(payload)
+        except (ManifestError, SignatureError) as exc:
+            self._refuse(exc.reason, exc)
             return True
         if manifest.sha256 == self.slot.status().sha256:
             return True
         try:
             artifact = self.fetcher.fetch(manifest, timeout_s=self._fetch_timeout_s)
         except TransferError as exc:
-            if exc.reason == "timeout":
-                return self._stop.wait(1.0)  # back off; the partial download stays
-            self._refuse(exc.reason, exc)
-            return True
+            return self._fetch_failed(exc)
         outcome = self.slot.install(manifest, artifact)
         if outcome.installed:
             self.installed += 1
             log.info("model %s installed, on probation", manifest.label)
         else:
             self._refuse(outcome.reason or "install", EvcError(outcome.detail))
+        return True
+
+    def _fetch_failed(self, exc: TransferError) -> bool:
+        """Count a failed fetch; True if it is final, False (after a pause) to try again."""
+        if exc.reason == "stopped":
+            return False
+        if exc.reason == "timeout":
+            self._stop.wait(_TIMEOUT_PAUSE_S)  # the partial download stays for the next round
+            return False
+        self._refuse(exc.reason, exc)
+        if exc.reason == "io":  # e.g. a full disk, which may have room later
+            self._stop.wait(self._retry.next_s())
+            return False
         return True
 
     def _refuse(self, reason: str, exc: Exception) -> None:

@@ -15,33 +15,32 @@ import json
 import logging
 import os
 import threading
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, ValidationError, field_validator
 
 from evc.config import GatewayConfig, StrictModel
-from evc.errors import EvcError
 from evc.gateway.pipeline import OperatorConfig, Pipeline, build_pipeline
 from evc.metrics import GatewayMetrics
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
+from evc.mqtt.command import (
+    Problem,
+    Reply,
+    problems_of,
+    push_command,
+    version_of,
+)
 from evc.wire import Channel, GatewayTopic
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256 * 1024
-Result = Literal["applied", "rejected", "stale"]
 Install = Callable[[Pipeline | None], None]
-
-
-class CommandError(EvcError):
-    """A pushed configuration was not answered, or could not be sent."""
 
 
 class DesiredPipeline(StrictModel):
@@ -58,39 +57,6 @@ class DesiredPipeline(StrictModel):
     def _operators(cls, value: Any) -> Any:
         # The very validator of the YAML `pipeline:`, so both accept and reject the same.
         return GatewayConfig._operators(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One reason a command was rejected, at a dotted key path."""
-
-    path: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The gateway's answer to one command."""
-
-    version: int | None
-    applied: bool
-    result: Result
-    active_version: int
-    errors: list[Problem] = field(default_factory=list)
-    request: str | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, payload: bytes) -> Reply:
-        """Parse a reply; raise :class:`CommandError` if it is not one."""
-        try:
-            data = json.loads(payload)
-            data["errors"] = [Problem(**error) for error in data.get("errors", [])]
-            return cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CommandError(f"not a command reply: {payload[:100]!r}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,25 +80,7 @@ def parse_command(payload: bytes) -> Accepted | list[Problem]:
     try:
         return Accepted(DesiredPipeline.model_validate(raw), raw)
     except ValidationError as exc:
-        return [
-            Problem(".".join(str(part) for part in error["loc"]), error["msg"])
-            for error in exc.errors()
-        ]
-
-
-def _version_of(payload: bytes) -> tuple[int | None, str | None]:
-    # Best effort, so that even a rejected command's reply can name its version and request.
-    try:
-        raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None, None
-    if not isinstance(raw, dict):
-        return None, None
-    version, request = raw.get("version"), raw.get("request")
-    return (
-        version if type(version) is int else None,
-        request if isinstance(request, str) and len(request) <= 64 else None,
-    )
+        return problems_of(exc)
 
 
 class PipelineCommands:
@@ -198,7 +146,7 @@ class PipelineCommands:
         return reply
 
     def _handle(self, payload: bytes) -> Reply:
-        version, request = _version_of(payload)
+        version, request = version_of(payload)
         parsed = parse_command(payload)
         if isinstance(parsed, list):
             return Reply(version, False, "rejected", self.active_version, parsed, request)
@@ -275,36 +223,9 @@ def push_pipeline(
     Raises:
         CommandError: no reply within ``timeout_s``.
     """
-    request = uuid.uuid4().hex
-    command = GatewayTopic(site, gateway, Channel.COMMAND)
-    reply_topic = str(GatewayTopic(site, gateway, Channel.COMMAND_REPLY))
-    replies: list[Reply] = []
-    got, subscribed = threading.Event(), threading.Event()
-
-    def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            reply = Reply.from_json(bytes(message.payload))
-        except CommandError:
-            return
-        if reply.request == request:  # not an older retained reply
-            replies.append(reply)
-            got.set()
-
-    client = new_client(client_id=f"evc-cfg-{request[:12]}", address=address)
-    client.on_connect = lambda c, *_a: c.subscribe(reply_topic, qos=1)
-    client.on_subscribe = lambda *_a: subscribed.set()
-    client.on_message = on_message
-    connect_async(client, address)
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        if not subscribed.wait(timeout_s):
-            raise CommandError(f"could not subscribe on {address} within {timeout_s:g} s")
-        body = {"version": version, "pipeline": pipeline, "request": request}
-        client.publish(str(command), json.dumps(body).encode(), qos=1, retain=True)
-        if not got.wait(max(0.0, deadline - time.monotonic())):
-            raise CommandError(f"gateway {site}/{gateway} did not reply within {timeout_s:g} s")
-        return replies[0]
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return push_command(
+        address=address, command_topic=str(GatewayTopic(site, gateway, Channel.COMMAND)),
+        reply_topic=str(GatewayTopic(site, gateway, Channel.COMMAND_REPLY)),
+        body={"version": version, "pipeline": pipeline}, target=f"gateway {site}/{gateway}",
+        timeout_s=timeout_s,
+    )

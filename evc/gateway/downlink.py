@@ -91,3 +91,6 @@ class DownlinkRelay:
         for client in (self._down, self._up):
             client.disconnect()
             client.loop_stop()
+            # Each client's callback holds the other: break the cycle so that paho's own
+            # clean-up closes its sockets when the relay goes, not a later garbage collection.
+            client.on_message = None

@@ -9,6 +9,18 @@ lacks. Devices fetch chunks from the gateway's :class:`~evc.models.transfer.Chun
 reads the cache: fifty devices cost the uplink one copy, and they keep getting it while the
 cloud is unreachable. Verified manifests are kept beside the cache, so a restarted gateway serves
 without the cloud too.
+
+What the gateway announces stays available:
+
+- The artifact of every manifest announced for some group is pinned in the cache, so fetching
+  another group's model (a canary) never evicts it; it is unpinned once no group announces it
+  (the group's manifest was replaced or cleared). If it goes missing anyway (deleted by hand),
+  the first device that asks for it makes the gateway fetch it again.
+- The announced manifest of each group is kept in ``announced/<group>.json`` and published again
+  whenever the fog connection is (re)made, so a fog broker that lost its retained messages (a
+  crash before its autosave, a replaced box) gets them back. After a gateway restart these are
+  pinned and announced again at once; the cloud's retained manifests, arriving on the gateway's
+  persistent session, then replace any that changed meanwhile.
 """
 
 from __future__ import annotations
@@ -26,8 +38,9 @@ from evc.errors import EvcError
 from evc.metrics import ModelDeliveryMetrics
 from evc.models import Manifest
 from evc.models.cache import ArtifactCache
-from evc.models.signing import SignedManifest, TrustedKeys
-from evc.models.transfer import ChunkFetcher, ChunkServer, TransferError
+from evc.models.manifest import ManifestError
+from evc.models.signing import SignatureError, TrustedKeys
+from evc.models.transfer import Backoff, ChunkFetcher, ChunkServer, TransferError
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
 from evc.wire import (
     Channel,
@@ -39,7 +52,6 @@ from evc.wire import (
 
 log = logging.getLogger(__name__)
 
-_MAX_MANIFEST_BYTES = 64 * 1024
 _FETCH_ROUND_S = 30.0  # one fetch attempt; the partial stays and the next round resumes it
 
 
@@ -68,27 +80,47 @@ class ModelRelay:
         self._fog, self._cloud = fog, cloud
         self.cache = ArtifactCache(folder / "artifacts", max_bytes=cache_max_bytes)
         self._manifest_dir = folder / "manifests"
-        self._manifest_dir.mkdir(parents=True, exist_ok=True)
+        self._announced_dir = folder / "announced"
+        for directory in (self._manifest_dir, self._announced_dir):
+            directory.mkdir(parents=True, exist_ok=True)
         self._known: dict[str, Manifest] = {}
         self._latest: dict[str, bytes] = {}  # group -> the newest payload seen on the cloud
+        # group -> the manifest on the fog broker; changed with its publish under _announcing,
+        # so a republish after a reconnect never overtakes a newer announce.
+        self._announced: dict[str, tuple[Manifest, bytes]] = {}
+        self._announcing = threading.Lock()
+        self._pending: set[str] = set()  # groups queued again because their artifact is gone
         self._inbox: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
+        self._retry = Backoff()
         self._load_manifests()
-        prefix = f"evc-gw-{site}-{gateway_id}"
+        self._load_announced()
+        self._connect_clients(f"evc-gw-{site}-{gateway_id}", gateway_id)
+        self._worker = threading.Thread(target=self._work, name="model-relay", daemon=True)
+        self._export_metrics()
+
+    def _connect_clients(self, prefix: str, gateway_id: str) -> None:
+        """Build the MQTT clients (connected by :meth:`start`)."""
+        on_refused = self._metrics.refused.labels
         self.fetcher = ChunkFetcher(
-            address=cloud, receiver=GatewayTopic(site, gateway_id, Channel.MODEL),
+            address=self._cloud, receiver=GatewayTopic(self._site, gateway_id, Channel.MODEL),
             cache=self.cache, client_id=f"{prefix}-fetch",
+            on_refused=lambda reason: on_refused(reason).inc(),
         )
+        requests_refused = self._metrics.requests_refused.labels
         self.server = ChunkServer(
-            address=fog, request_filter=device_filter(site, Channel.MODEL), lookup=self._lookup,
-            client_id=f"{prefix}-chunks",
+            address=self._fog, request_filter=device_filter(self._site, Channel.MODEL),
+            lookup=self._lookup, client_id=f"{prefix}-chunks",
+            on_refused=lambda reason: requests_refused(reason).inc(),
         )
-        self._watcher = new_client(client_id=f"{prefix}-models", address=cloud)
+        self._watcher = new_client(client_id=f"{prefix}-models", address=self._cloud)
         self._watcher.on_connect = self._subscribe
         self._watcher.on_message = self._on_desired
-        self._announcer = new_client(client_id=f"{prefix}-announce", address=fog)
-        self._worker = threading.Thread(target=self._work, name="model-relay", daemon=True)
-        self._metrics.cached.set_function(lambda: float(len(self._known)))
+        self._announcer = new_client(client_id=f"{prefix}-announce", address=self._fog)
+        self._announcer.on_connect = self._announce_again
+
+    def _export_metrics(self) -> None:
+        self._metrics.cached.set_function(lambda: float(self.cache.count()))
         self._metrics.served_bytes.read = lambda: self.server.bytes_served
         self._metrics.served_chunks.read = lambda: self.server.chunks_served
 
@@ -103,17 +135,19 @@ class ModelRelay:
         connect_async(self._watcher, self._cloud, persistent=True)
         self._watcher.loop_start()
         self._worker.start()
+        for group in list(self._announced):  # fetch again what went missing while down
+            self._inbox.put(group)
 
     def stop(self) -> None:
         """Stop fetching (a partial download stays for the next start) and disconnect."""
         self._stop.set()
+        self.fetcher.stop()  # a fetch in progress gives up now, not at the end of its round
         self._inbox.put(None)
         if self._worker.is_alive():
             self._worker.join(timeout=_FETCH_ROUND_S + 5)
         for client in (self._watcher, self._announcer):
             client.disconnect()
             client.loop_stop()
-        self.fetcher.stop()
         self.server.stop()
 
     # -- the cloud side ------------------------------------------------------------------------
@@ -138,53 +172,121 @@ class ModelRelay:
             group = self._inbox.get()
             if group is None:
                 return
+            with self._announcing:
+                self._pending.discard(group)
             try:
                 self._relay(group, self._latest[group])
             except Exception:  # one bad update must not end model delivery for the site
                 log.exception("relaying the desired model of group %s failed", group)
 
     def _relay(self, group: str, payload: bytes) -> None:
-        topic = str(DesiredModelTopic(self._site, group))
         if not payload:  # the cloud cleared the group's entry: clear it for devices too
-            self._announcer.publish(topic, b"", qos=1, retain=True)
+            self._withdraw(group)
             self._metrics.manifests.labels("cleared").inc()
             return
         manifest = self._verified(payload)
         if manifest is None or not self._fetch(group, payload, manifest):
             return
-        self._announcer.publish(topic, payload, qos=1, retain=True)
-        self._metrics.manifests.labels("relayed").inc()
-        log.info("model %s is desired for group %s of %s", manifest.label, group, self._site)
+        if self._announce(group, manifest, payload):
+            self._metrics.manifests.labels("relayed").inc()
+            log.info("model %s is desired for group %s of %s", manifest.label, group, self._site)
 
     def _verified(self, payload: bytes) -> Manifest | None:
         try:
-            if len(payload) > _MAX_MANIFEST_BYTES:
-                raise TransferError("manifest too large", reason="manifest")
-            return self._trusted.verify(SignedManifest.parse(payload))
-        except EvcError as exc:
-            self._refuse(getattr(exc, "reason", "manifest"), exc)
+            return self._trusted.verify_payload(payload)
+        except (ManifestError, SignatureError) as exc:
+            self._refuse(exc.reason, exc)
             return None
 
     def _fetch(self, group: str, payload: bytes, manifest: Manifest) -> bool:
         """Fetch until complete, refused, stopped, or superseded by a newer manifest."""
         while not self._stop.is_set() and self._latest.get(group) == payload:
-            before = self.fetcher.bytes_received
             try:
-                self.fetcher.fetch(manifest, timeout_s=_FETCH_ROUND_S)
+                self._fetch_once(manifest, payload)
             except TransferError as exc:
-                if exc.reason != "timeout":
-                    self._refuse(exc.reason, exc)
+                if not self._may_retry(exc):
                     return False
-                continue  # the cloud is slow or away: resume in the next round
-            finally:
-                self._metrics.fetched_bytes.inc(self.fetcher.bytes_received - before)
-            self._remember(manifest, payload)
+                continue
+            self._retry.reset()
             return True
         return False
+
+    def _fetch_once(self, manifest: Manifest, payload: bytes) -> None:
+        """One round: the artifact into the cache, then its manifest beside it."""
+        before = self.fetcher.bytes_received
+        try:
+            self.fetcher.fetch(manifest, timeout_s=_FETCH_ROUND_S)
+        finally:
+            self._metrics.fetched_bytes.inc(self.fetcher.bytes_received - before)
+        try:
+            self._remember(manifest, payload)
+        except OSError as exc:
+            raise TransferError(
+                f"cannot keep the manifest of {manifest.label}: {exc}", reason="io",
+                sha256=manifest.sha256,
+            ) from exc
+
+    def _may_retry(self, exc: TransferError) -> bool:
+        """Count a failed round; True if another round may do better (after a pause)."""
+        if exc.reason == "timeout":
+            return True  # the cloud is slow or away: resume in the next round
+        if exc.reason == "stopped":
+            return False
+        self._refuse(exc.reason, exc)
+        if exc.reason != "io":
+            return False  # e.g. digest: the manifest itself is wrong, a refetch would repeat it
+        self._stop.wait(self._retry.next_s())  # e.g. a full disk, which may have room later
+        return True
 
     def _refuse(self, reason: str, exc: Exception) -> None:
         self._metrics.refused.labels(reason).inc()
         log.warning("refused a model update for %s: %s", self._site, exc)
+
+    # -- the fog side --------------------------------------------------------------------------
+
+    def _announce(self, group: str, manifest: Manifest, payload: bytes) -> bool:
+        """Pin the artifact and publish the manifest for ``group``; False if already announced.
+
+        Published again all the same: the fog broker's retained copy may have been cleared.
+        """
+        with self._announcing:
+            old = self._announced.get(group)
+            self._announced[group] = (manifest, payload)
+            self.cache.pin(manifest.sha256)
+            if old is not None:
+                self._unpin_unless_announced(old[0].sha256)
+            self._save_announced(group, payload)
+            self._announcer.publish(self._topic(group), payload, qos=1, retain=True)
+        return old is None or old[1] != payload
+
+    def _withdraw(self, group: str) -> None:
+        """Clear ``group``'s manifest on the fog broker and let its artifact be evicted."""
+        with self._announcing:
+            old = self._announced.pop(group, None)
+            if old is not None:
+                self._unpin_unless_announced(old[0].sha256)
+            self._save_announced(group, None)
+            self._announcer.publish(self._topic(group), b"", qos=1, retain=True)
+
+    def _unpin_unless_announced(self, sha256: str) -> None:
+        """(Under ``_announcing``.) Another group may announce the same artifact."""
+        if all(manifest.sha256 != sha256 for manifest, _ in self._announced.values()):
+            self.cache.unpin(sha256)
+
+    def _announce_again(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        """On every (re)connect to the fog broker: it may have lost its retained messages."""
+        if reason.is_failure:
+            return
+        with self._announcing:
+            for group, (_manifest, payload) in self._announced.items():
+                client.publish(self._topic(group), payload, qos=1, retain=True)
+            count = len(self._announced)
+        self._metrics.manifests.labels("republished").inc(count)
+
+    def _topic(self, group: str) -> str:
+        return str(DesiredModelTopic(self._site, group))
 
     # -- the cache -----------------------------------------------------------------------------
 
@@ -195,18 +297,70 @@ class ModelRelay:
         temporary.replace(path)
         self._known[manifest.sha256] = manifest
 
+    def _save_announced(self, group: str, payload: bytes | None) -> None:
+        """Record (or forget, for None) what ``group`` announces, for the next start."""
+        path = self._announced_dir / f"{group}.json"
+        try:
+            if payload is None:
+                path.unlink(missing_ok=True)
+                return
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(payload)
+            temporary.replace(path)
+        except OSError as exc:  # the announce itself stands; only a restart would miss it
+            log.error("cannot record the manifest announced for group %s: %s", group, exc)
+
     def _load_manifests(self) -> None:
         for path in self._manifest_dir.glob("*.json"):
+            found = self._read_manifest(path)
+            if found is not None:
+                self._known[found[0].sha256] = found[0]
+
+    def _load_announced(self) -> None:
+        """Pin and re-announce what was announced before a restart."""
+        for path in self._announced_dir.glob("*.json"):
+            found = self._read_manifest(path)
             try:
-                manifest = self._trusted.verify(SignedManifest.parse(path.read_bytes()))
-            except (EvcError, OSError) as exc:  # e.g. a key no longer trusted
-                log.warning("ignoring the cached manifest %s: %s", path.name, exc)
+                group = DesiredModelTopic(self._site, path.stem).group
+            except EvcError:  # not a file this class wrote
+                found = None
+            if found is None:
                 continue
-            self._known[manifest.sha256] = manifest
+            manifest, payload = found
+            self._announced[group] = (manifest, payload)
+            self._latest[group] = payload
+            self._known.setdefault(manifest.sha256, manifest)
+            self.cache.pin(manifest.sha256)
+
+    def _read_manifest(self, path: Path) -> tuple[Manifest, bytes] | None:
+        """A kept manifest and its signed payload, if it still verifies."""
+        try:
+            payload = path.read_bytes()
+            return self._trusted.verify_payload(payload), payload
+        except (EvcError, OSError) as exc:  # e.g. a key no longer trusted
+            log.warning("ignoring the cached manifest %s: %s", path.name, exc)
+            return None
 
     def _lookup(self, sha256: str) -> tuple[Manifest, Path] | None:
         manifest = self._known.get(sha256)
-        path = self.cache.path(sha256) if manifest is not None else None
-        if manifest is None or path is None:
+        if manifest is None:
+            return None
+        path = self.cache.path(sha256)
+        if path is None:
+            self._fetch_again(sha256)
             return None
         return manifest, path
+
+    def _fetch_again(self, sha256: str) -> None:
+        """Queue the groups that announce ``sha256`` again: its artifact went missing.
+
+        An artifact no group announces was evicted on purpose; devices no longer want it.
+        """
+        with self._announcing:
+            groups = {g for g, (m, _) in self._announced.items() if m.sha256 == sha256}
+            groups -= self._pending
+            self._pending |= groups
+        for group in groups:
+            log.warning("the artifact announced for group %s is missing; fetching it again",
+                        group)
+            self._inbox.put(group)

@@ -226,7 +226,10 @@ class ArtifactCache:
         return self._install(manifest, temporary)
 
     def pin(self, sha256: str) -> None:
-        """Never evict ``sha256`` (e.g. the model a device runs now)."""
+        """Never evict ``sha256`` (e.g. the model a device runs now, or one a gateway announces).
+
+        Pins live in memory only: an owner pins again what it still needs after a restart.
+        """
         with self._lock:
             self._pinned.add(sha256)
 
@@ -234,6 +237,10 @@ class ArtifactCache:
         """Let ``sha256`` be evicted again."""
         with self._lock:
             self._pinned.discard(sha256)
+
+    def count(self) -> int:
+        """How many complete artifacts the cache holds."""
+        return len(self._complete())
 
     def total_bytes(self) -> int:
         """The size of every complete artifact together."""

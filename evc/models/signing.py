@@ -29,6 +29,7 @@ from evc.wire.topics import validate_name
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 SIGNATURE_BYTES = 64
+MAX_MANIFEST_BYTES = 64 * 1024  # a signed manifest is a few KiB; anything far larger is junk
 _KEY_ID_HEX = 16
 
 
@@ -272,6 +273,21 @@ class TrustedKeys:
                 reason="signature",
             ) from exc
         return signed.manifest
+
+    def verify_payload(self, payload: bytes, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Manifest:
+        """Parse a signed manifest as it came off the wire and return it if a trusted key signed it.
+
+        Raises:
+            ManifestError: ``payload`` is longer than ``max_bytes`` (reason ``too_large``: it is
+                refused before parsing, so a huge message costs no JSON work) or is not a signed
+                manifest (reason ``manifest``).
+            SignatureError: as :meth:`verify`.
+        """
+        if len(payload) > max_bytes:
+            raise ManifestError(
+                f"signed manifest of {len(payload)} bytes, at most {max_bytes}", reason="too_large"
+            )
+        return self.verify(SignedManifest.parse(payload))
 
 
 def _load_public(path: Path) -> Ed25519PublicKey:

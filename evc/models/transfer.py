@@ -12,6 +12,7 @@ that chunk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from evc.errors import EvcError, TopicError, WireError
-from evc.models.cache import ArtifactCache, PartialArtifact
+from evc.models.cache import ArtifactCache, CacheError, PartialArtifact
 from evc.models.manifest import Manifest, ManifestError
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
 from evc.wire.delivery import (
@@ -47,17 +48,45 @@ log = logging.getLogger(__name__)
 
 _DISCONNECTED_POLL_S = 0.2
 _MIN_WAIT_S = 0.01
+# Replies a window may have in flight, plus re-asks' duplicates; past this a flood is refused
+# rather than kept in memory (a message may be up to a broker's packet limit, 1 MiB).
+_INBOX_PER_WINDOW_SLOT = 4
 Lookup = Callable[[str], tuple[Manifest, Path] | None]
+OnRefused = Callable[[str], None]
 ReceiverTopic = DeviceTopic | GatewayTopic
 
 
 class TransferError(EvcError):
-    """An artifact could not be fetched (``reason``: ``timeout`` or ``digest``)."""
+    """An artifact could not be fetched (``reason``: ``timeout``, ``digest``, ``io`` or
+    ``stopped``)."""
 
     def __init__(self, message: str, *, reason: str, sha256: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.sha256 = sha256
+
+
+@dataclass
+class Backoff:
+    """Growing pauses between retries of something that failed at once (e.g. a full disk).
+
+    Args:
+        first_s: the first pause.
+        max_s: no pause is longer than this.
+    """
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    _next_s: float = field(default=0.0, init=False)
+
+    def next_s(self) -> float:
+        """The pause before the next retry; each one twice the last, up to ``max_s``."""
+        self._next_s = min(self.max_s, max(self.first_s, self._next_s * 2))
+        return self._next_s
+
+    def reset(self) -> None:
+        """Start again from ``first_s`` (after a success)."""
+        self._next_s = 0.0
 
 
 def chunk_topic_for(request_topic: str) -> ReceiverTopic:
@@ -144,6 +173,8 @@ class ChunkServer:
         lookup: the manifest and file of an artifact by its SHA-256, None if not held (yet).
         client_id: the MQTT client id; a unique one if None.
         mqtt5: speak MQTT 5 (else 3.1.1).
+        on_refused: called with the reason of each refusal (in paho's thread), e.g. to count it
+            in Prometheus.
 
     Attributes:
         chunks_served: chunks published; ``bytes_served`` their data bytes.
@@ -154,9 +185,10 @@ class ChunkServer:
 
     def __init__(
         self, *, address: BrokerAddress, request_filter: str, lookup: Lookup,
-        client_id: str | None = None, mqtt5: bool = True,
+        client_id: str | None = None, mqtt5: bool = True, on_refused: OnRefused | None = None,
     ) -> None:
         self._lookup = lookup
+        self._on_refused = on_refused
         self.chunks_served = 0
         self.bytes_served = 0
         self.requests = 0
@@ -186,10 +218,10 @@ class ChunkServer:
             reply_topic = str(chunk_topic_for(message.topic))
             request = chunk_request_from(bytes(message.payload))
         except TopicError:
-            self.refused["topic"] += 1
+            self._count("topic")
             return
         except WireError:
-            self.refused["malformed"] += 1
+            self._count("malformed")
             return
         found = self._lookup(request.sha256)
         if found is None:
@@ -199,8 +231,13 @@ class ChunkServer:
         else:
             self._serve(reply_topic, found, request.chunks)
 
-    def _refuse(self, topic: str, sha256: str, reason: str) -> None:
+    def _count(self, reason: str) -> None:
         self.refused[reason] += 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+
+    def _refuse(self, topic: str, sha256: str, reason: str) -> None:
+        self._count(reason)
         self._connection.publish(topic, encode_chunk_error(sha256, reason))
 
     def _serve(self, topic: str, found: tuple[Manifest, Path], chunks: Sequence[int]) -> None:
@@ -209,7 +246,7 @@ class ChunkServer:
             with path.open("rb") as file:
                 for index in dict.fromkeys(chunks):  # each once, in the order asked
                     if not 0 <= index < manifest.chunk_count:
-                        self.refused["chunk_index"] += 1
+                        self._count("chunk_index")
                         continue
                     file.seek(index * manifest.chunk_size)
                     data = file.read(manifest.chunk_length(index))
@@ -238,7 +275,9 @@ class ChunkFetcher:
     """Fetches artifacts chunk by chunk into an :class:`ArtifactCache`, resuming partials.
 
     Long-lived: :meth:`fetch` may be called many times, one fetch at a time. Messages arrive in
-    paho's network thread and are handed to the fetching thread through a queue.
+    paho's network thread and are handed to the fetching thread through a bounded queue, only
+    while a fetch runs: between fetches nothing is asked for, so whatever arrives (late replies,
+    or anyone publishing on the CHUNK topic) is dropped unread instead of held in memory.
 
     Args:
         address: the broker of the tier above.
@@ -250,19 +289,23 @@ class ChunkFetcher:
             doubled after each such re-ask, up to ``max_quiet_s``.
         client_id: the MQTT client id; a unique one if None.
         mqtt5: speak MQTT 5 (else 3.1.1).
+        on_refused: called with the reason of each refusal (in the fetching thread, or paho's
+            for ``overflow``), e.g. to count it in Prometheus.
 
     Attributes:
         chunks_received: new chunks checked and written; ``bytes_received`` their bytes.
         duplicates: good chunks that were already held (asked twice, or resent).
         refused: chunks and replies refused, by reason (``chunk_size``, ``chunk_digest``,
-            ``chunk_index``, ``unknown_artifact``, ``malformed``, ``not_available``).
+            ``chunk_index``, ``unknown_artifact``, ``malformed``, ``not_available``,
+            ``refusal``, ``overflow``: more messages waiting than the inbox holds).
+        ignored: messages that arrived while no fetch was running, dropped unread.
         requests_sent: chunk requests published.
     """
 
     def __init__(
         self, *, address: BrokerAddress, receiver: ReceiverTopic, cache: ArtifactCache,
         window: int = 8, quiet_s: float = 1.0, max_quiet_s: float = 8.0,
-        client_id: str | None = None, mqtt5: bool = True,
+        client_id: str | None = None, mqtt5: bool = True, on_refused: OnRefused | None = None,
     ) -> None:
         if not 1 <= window <= MAX_CHUNKS_PER_REQUEST:
             raise ValueError(f"window must be in 1..{MAX_CHUNKS_PER_REQUEST}")
@@ -276,14 +319,18 @@ class ChunkFetcher:
         self.bytes_received = 0
         self.duplicates = 0
         self.requests_sent = 0
+        self.ignored = 0
         self.refused: Counter[str] = Counter()
-        self._inbox: queue.Queue[bytes] = queue.Queue()
+        self._on_refused = on_refused
+        # None wakes a waiting fetch (see stop); it is not a message.
+        self._inbox: queue.Queue[bytes | None] = queue.Queue(_INBOX_PER_WINDOW_SLOT * window)
         self._fetching = threading.Lock()
+        self._active = threading.Event()
+        self._stopped = threading.Event()
         self._earlier: set[str] = set()
         self._connection = _Connection(
             address=address, client_id=client_id or f"evc-fetch-{uuid.uuid4().hex[:12]}",
-            topic=self.chunk_topic, mqtt5=mqtt5,
-            on_message=lambda message: self._inbox.put(bytes(message.payload)),
+            topic=self.chunk_topic, mqtt5=mqtt5, on_message=self._deliver,
         )
 
     @property
@@ -298,42 +345,90 @@ class ChunkFetcher:
 
     def start(self) -> ChunkFetcher:
         """Connect in the background (fetch waits for the subscription)."""
+        self._stopped.clear()
         self._connection.start()
         return self
 
     def stop(self) -> None:
-        """Disconnect; partial downloads stay in the cache for the next fetch."""
+        """Make a running fetch give up at once (reason ``stopped``), then disconnect.
+
+        Partial downloads stay in the cache for the next fetch.
+        """
+        self._stopped.set()
+        with contextlib.suppress(queue.Full):  # a full inbox wakes the fetch anyway
+            self._inbox.put_nowait(None)
         self._connection.stop()
+
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        """Hand a message to the running fetch (paho's thread); drop it if none runs."""
+        if not self._active.is_set():
+            self.ignored += 1
+            return
+        try:
+            self._inbox.put_nowait(bytes(message.payload))
+        except queue.Full:
+            self._count("overflow")
+
+    def _count(self, reason: str) -> None:
+        self.refused[reason] += 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
 
     def fetch(self, manifest: Manifest, *, timeout_s: float) -> Path:
         """Fetch ``manifest``'s artifact (or resume it) and return its path in the cache.
 
         Raises:
             TransferError: not complete within ``timeout_s`` (reason ``timeout``; what was
-                received stays for the next call), or the assembled file does not match the
-                manifest (reason ``digest``; the partial is discarded).
+                received stays for the next call), the assembled file does not match the
+                manifest (reason ``digest``; the partial is discarded), the cache could not be
+                written (reason ``io``, e.g. a full disk; what was written stays), or
+                :meth:`stop` was called (reason ``stopped``).
         """
         with self._fetching:
-            done = self.cache.path(manifest.sha256)
-            if done is not None:
-                return done
-            deadline = time.monotonic() + timeout_s
-            partial = self.cache.partial(manifest)
-            progress = _Progress(partial, set(partial.missing()), self.quiet_s)
             try:
-                self._receive_all(progress, deadline)
-            finally:
-                self._earlier.add(manifest.sha256)
-            try:
-                return partial.complete()
-            except ManifestError as exc:
+                return self._fetch(manifest, timeout_s)
+            except (CacheError, OSError) as exc:
                 raise TransferError(
-                    f"{manifest.label} does not match its manifest: {exc}",
-                    reason="digest", sha256=manifest.sha256,
+                    f"cannot store {manifest.label}: {exc}", reason="io", sha256=manifest.sha256,
                 ) from exc
+
+    def _fetch(self, manifest: Manifest, timeout_s: float) -> Path:
+        done = self.cache.path(manifest.sha256)
+        if done is not None:
+            return done
+        deadline = time.monotonic() + timeout_s
+        partial = self.cache.partial(manifest)
+        progress = _Progress(partial, set(partial.missing()), self.quiet_s)
+        self._open_inbox()
+        try:
+            self._receive_all(progress, deadline)
+        finally:
+            self._active.clear()
+            self._earlier.add(manifest.sha256)
+        try:
+            return partial.complete()
+        except ManifestError as exc:
+            raise TransferError(
+                f"{manifest.label} does not match its manifest: {exc}",
+                reason="digest", sha256=manifest.sha256,
+            ) from exc
+
+    def _open_inbox(self) -> None:
+        """Take messages from now on, after emptying what an earlier fetch left behind."""
+        self._active.set()
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
     def _receive_all(self, progress: _Progress, deadline: float) -> None:
         while progress.missing:
+            if self._stopped.is_set():
+                raise TransferError(
+                    "the fetcher was stopped", reason="stopped",
+                    sha256=progress.partial.manifest.sha256,
+                )
             now = time.monotonic()
             if now >= deadline:
                 manifest = progress.partial.manifest
@@ -347,7 +442,8 @@ class ChunkFetcher:
                 payload = self._inbox.get(timeout=max(0.01, wait))
             except queue.Empty:
                 continue
-            self._handle(progress, payload)
+            if payload is not None:
+                self._handle(progress, payload)
 
     def _wait_s(self, progress: _Progress, now: float, deadline: float) -> float:
         """How long to wait for a message before looking at the connection and timers again."""
@@ -384,15 +480,15 @@ class ChunkFetcher:
         try:
             message = chunk_from(payload)
         except WireError:
-            self.refused["malformed"] += 1
+            self._count("malformed")
             return
         if message.sha256 != manifest.sha256:
             if message.sha256 not in self._earlier:  # not a late reply to an earlier fetch
-                self.refused["unknown_artifact"] += 1
+                self._count("unknown_artifact")
             return
         if not isinstance(message, Chunk):
             # Ask again when quiet. Other slugs are pooled so a sender cannot grow the Counter.
-            self.refused[message.error if message.error == NOT_AVAILABLE else "refusal"] += 1
+            self._count(message.error if message.error == NOT_AVAILABLE else "refusal")
             return
         self._write(progress, message)
 
@@ -400,7 +496,7 @@ class ChunkFetcher:
         try:
             written = progress.partial.write(chunk.index, chunk.data)
         except ManifestError as exc:
-            self.refused[exc.reason] += 1
+            self._count(exc.reason)
             progress.in_flight.discard(chunk.index)  # ask again for the honest one
             return
         if not written:

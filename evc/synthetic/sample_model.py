@@ -29,3 +29,22 @@ def sample_model_path() -> Path:
         f"sample model {SAMPLE_MODEL_FILE} not found in {packaged.parent} or {checkout.parent}; "
         "train it with `python samples/train_sample_model.py`"
     )
+
+
+def sample_model_copy(target: Path, *, version: str) -> Path:
+    """Write the sample model to ``target`` with ``version`` in its metadata and return ``target``.
+
+    The copy has other bytes (another SHA-256) and the same behaviour: a second model version to
+    try model delivery, signing and rollouts with.
+    """
+    import onnx  # noqa: PLC0415 -- only this helper needs the protobuf model
+
+    model = onnx.load(str(sample_model_path()))
+    for prop in model.metadata_props:
+        if prop.key == "version":
+            prop.value = version
+            break
+    else:
+        model.metadata_props.add(key="version", value=version)
+    onnx.save(model, str(target))
+    return target

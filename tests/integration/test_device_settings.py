@@ -39,9 +39,9 @@ def test_a_pushed_setting_reaches_the_device_through_the_gateway(
             address=cloud, site=SITE, device="cam-1", version=1,
             settings={"publish": {"mode": "sometimes"}, "heartbeat_interval_s": -1},
         )
-        assert bad["result"] == "rejected"
-        assert not bad["applied"]
-        assert {e["path"] for e in bad["errors"]} == {
+        assert bad.result == "rejected"
+        assert not bad.applied
+        assert {e.path for e in bad.errors} == {
             "settings.publish.mode", "settings.heartbeat_interval_s"
         }
         assert device.change_filter.mode is PublishMode.EVERY_FRAME  # nothing changed
@@ -51,7 +51,7 @@ def test_a_pushed_setting_reaches_the_device_through_the_gateway(
             settings={"publish": {"mode": "on_change", "keyframe_interval_s": 30},
                       "sampling": {"enabled": True, "max_per_minute": 2}},
         )
-        assert (good["result"], good["applied"], good["active_version"]) == ("applied", True, 2)
+        assert (good.result, good.applied, good.active_version) == ("applied", True, 2)
         assert device.change_filter.mode is PublishMode.ON_CHANGE
         assert device.change_filter.keyframe_interval_s == 30
         assert device.sampler is not None

@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import pytest
 from conftest import RawClient, wait_for
 
@@ -27,7 +26,7 @@ from evc.harness import Broker
 from evc.metrics import GatewayMetrics
 from evc.models.signing import SignedManifest, SigningKey, TrustedKeys, generate_keypair
 from evc.mqtt.client import BrokerAddress
-from evc.synthetic.sample_model import sample_model_path
+from evc.synthetic.sample_model import sample_model_copy, sample_model_path
 from evc.wire import DesiredModelTopic
 
 pytestmark = pytest.mark.integration
@@ -35,19 +34,6 @@ pytestmark = pytest.mark.integration
 
 def _address(broker: Broker) -> BrokerAddress:
     return BrokerAddress.from_url(broker.url)
-
-
-def _relabelled(source: Path, target: Path, version: str) -> Path:
-    """The sample model with another version in its metadata: other bytes, same behaviour."""
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key == "version":
-            prop.value = version
-            break
-    else:
-        model.metadata_props.add(key="version", value=version)
-    onnx.save(model, str(target))
-    return target
 
 
 @dataclass
@@ -83,7 +69,7 @@ def site(
         registry.publish(name="shapes", version="1", artifact=sample_model_path(), key=key)
         v2 = registry.publish(
             name="shapes", version="2", key=key,
-            artifact=_relabelled(sample_model_path(), tmp_path / "v2.onnx", "2"),
+            artifact=sample_model_copy(tmp_path / "v2.onnx", version="2"),
         )
         metrics = GatewayMetrics()
         relay = ModelRelay(

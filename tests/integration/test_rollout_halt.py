@@ -117,6 +117,11 @@ def test_a_model_that_fails_on_the_canary_halts_the_rollout(
         assert canary.models.slot.status().sha256 == v1_sha  # never stopped serving v1
         assert other.models.slot.status().sha256 == v1_sha  # never offered v2
         assert set(controller.desired(SITE)) == {"all"}  # the canary entry is cleared
+        metrics = cloud.metrics.registry
+        assert metrics.get_sample_value(
+            "evc_cloud_rollouts_halted_total", {"site": SITE, "model": "shapes"}
+        ) == 1
+        assert metrics.get_sample_value("evc_cloud_rollouts", {"stage": "halted"}) == 1
         assert controller.desired(SITE)["all"].manifest.version == "1"
 
         assert main(["model", "status", "--config", str(write_yaml(

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import (
@@ -59,7 +58,7 @@ from evc.harness import (
 from evc.harness.pytest_plugin import BrokerFactory
 from evc.models.signing import SigningKey, TrustedKeys, generate_keypair
 from evc.mqtt.client import BrokerAddress, tls_context
-from evc.synthetic.sample_model import sample_model_path
+from evc.synthetic.sample_model import sample_model_copy, sample_model_path
 from evc.wire.topics import Channel, DeviceTopic, device_filter
 
 pytestmark = pytest.mark.integration
@@ -349,19 +348,6 @@ def test_the_certificate_not_the_username_is_the_identity(
     assert spy.messages == []  # reading every device's traffic is the gateway's right alone
 
 
-def _relabelled(source: Path, target: Path, version: str) -> Path:
-    """The sample model with another version in its metadata: other bytes, same behaviour."""
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key == "version":
-            prop.value = version
-            break
-    else:
-        model.metadata_props.add(key="version", value=version)
-    onnx.save(model, str(target))
-    return target
-
-
 def test_a_signed_model_reaches_a_device_over_mutual_tls(
     hierarchy: Hierarchy, tmp_path: Path
 ) -> None:
@@ -386,7 +372,7 @@ def test_a_signed_model_reaches_a_device_over_mutual_tls(
             name="shapes",
             version="2",
             key=key,
-            artifact=_relabelled(sample_model_path(), tmp_path / "v2.onnx", "2"),
+            artifact=sample_model_copy(tmp_path / "v2.onnx", version="2"),
         )
         gateway = start_gateway(
             stack,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from evc.cloud.models import PublishError
 from evc.cloud.registry import ModelRegistry
 from evc.cloud.rollout import DeviceReport, RolloutController, RolloutError, Stage
 from evc.models import Compatibility
@@ -176,3 +177,53 @@ def test_rollouts_and_desired_models_survive_a_restart(
 
     assert again.get(rollout.id).stage is Stage.CANARY
     assert fleet.retained == {(SITE, "all"): "1", (SITE, "canary"): "2"}
+
+
+def test_a_rollout_needs_a_default_to_fall_back_to(tmp_path: Path) -> None:
+    key = SigningKey.load(generate_keypair(tmp_path / "keys").private_path)
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.publish(
+        name="shapes", version="1", artifact=sample_model_path(), key=key, compatibility=COMPAT
+    )
+    fleet = Fleet()
+    controller = RolloutController(
+        path=tmp_path / "rollouts.db", registry=registry, publish=fleet.publish,
+        reports=fleet.of, clock=lambda: fleet.now_ms,
+    )
+
+    with pytest.raises(RolloutError, match="no default model"):
+        controller.start(site=SITE, name="shapes", version="1", canary_group="canary")
+    assert controller.rollouts() == []
+    assert fleet.retained == {}
+
+
+def test_a_canary_manifest_that_cannot_be_published_records_no_rollout(
+    setup: tuple[RolloutController, Fleet, dict[str, str]],
+) -> None:
+    controller, fleet, _sha = setup
+
+    def unreachable(site: str, group: str, manifest: SignedManifest | None) -> None:
+        raise PublishError("the cloud broker is away")
+
+    controller._publish = unreachable  # the broker goes away between two commands
+    with pytest.raises(PublishError):
+        controller.start(site=SITE, name="shapes", version="2", canary_group="canary")
+    assert controller.rollouts(SITE) == []  # so the next attempt is not "already active"
+
+    controller._publish = fleet.publish
+    rollout = controller.start(site=SITE, name="shapes", version="2", canary_group="canary")
+    assert rollout.stage is Stage.CANARY
+
+
+def test_an_operator_can_abort_an_active_rollout(
+    setup: tuple[RolloutController, Fleet, dict[str, str]],
+) -> None:
+    controller, fleet, _sha = setup
+    rollout = controller.start(site=SITE, name="shapes", version="2", canary_group="canary")
+
+    aborted = controller.abort(rollout.id)
+
+    assert (aborted.stage, aborted.reason) == (Stage.HALTED, "aborted by an operator")
+    assert fleet.retained == {(SITE, "all"): "1", (SITE, "canary"): None}
+    with pytest.raises(RolloutError, match="not active"):
+        controller.abort(rollout.id)

@@ -1,4 +1,5 @@
-"""Rollout inputs from the store: the latest heartbeat per device, minus the departed."""
+"""Rollout inputs from the store: the latest heartbeat of each device that follows model
+updates, minus the departed (dead or silent) and the gateways."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ def test_latest_heartbeat_per_device_and_dead_devices_left_out(tmp_path: Path) -
         _record("cam-1", 1, Kind.HEARTBEAT, now - 3000, model="1", group="canary"),
         _record("cam-1", 2, Kind.HEARTBEAT, now - 1000, model="2", model_sha256="ab",
                 model_state="probation", group="canary"),
-        _record("cam-2", 1, Kind.HEARTBEAT, now - 2000, model="1"),
+        _record("cam-2", 1, Kind.HEARTBEAT, now - 2000, model="1", model_sha256="cd"),
         _record("cam-2", 2, Kind.STATE, now - 1500, state="offline"),  # gone since
         _record("cam-3", 1, Kind.STATE, now - 5000, state="offline"),  # an older death...
         _record("cam-3", 2, Kind.STATE, now - 4000, state="online"),  # ... then back
-        _record("cam-3", 3, Kind.HEARTBEAT, now - 500, model="1"),
-        _record("cam-4", 1, Kind.HEARTBEAT, now - 600_000, model="1"),  # not heard for long
+        _record("cam-3", 3, Kind.HEARTBEAT, now - 500, model="1", model_sha256="cd"),
+        _record("cam-5", 1, Kind.HEARTBEAT, now - 500, model="fixed"),  # follows no updates
+        _record("cam-4", 1, Kind.HEARTBEAT, now - 600_000, model="1", model_sha256="cd"),
         _record("gw-1", 1, Kind.HEARTBEAT, now - 100, outbox_records=3),  # the gateway itself
     ])
 

@@ -316,6 +316,42 @@ class TestReboot:
         assert (after.status().version, after.status().state) == (V1, ModelState.ROLLED_BACK)
         assert after.install(v2, v2_file).reason == "rejected_before"
 
+    def test_a_rollback_is_still_reported_after_a_reboot(
+        self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path, frames: list
+    ) -> None:
+        factory = faulty_factory(v2, good_calls=SMOKE_FRAMES, fault="raise")
+        slot = make_slot(models_dir, clock, detector_factory=factory)
+        assert slot.install(v2, v2_file).installed
+        slot.run(frames[0])  # v2 raises: rolled back
+        record = active_json(models_dir)
+        assert (record.failed_version, record.failure_reason) == ("2", "probation_error")
+        rebooted = make_slot(models_dir, clock)
+        fields = rebooted.heartbeat_fields()
+        assert (fields["model_state"], fields["model_failed"], fields["model_failure"]) == (
+            "rolled_back", "2", "probation_error",
+        )
+        assert rebooted.install(v2, v2_file).reason == "rejected_before"
+        assert rebooted.heartbeat_fields()["model_failed"] == "2"
+
+    def test_a_refusal_as_rejected_before_restores_a_lost_failure(
+        self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path, frames: list
+    ) -> None:
+        factory = faulty_factory(v2, good_calls=SMOKE_FRAMES, fault="raise")
+        slot = make_slot(models_dir, clock, detector_factory=factory)
+        assert slot.install(v2, v2_file).installed
+        slot.run(frames[0])
+        # An active.json written before the failure fields were recorded.
+        record = active_json(models_dir).model_copy(
+            update={"failed_version": None, "failure_reason": None}
+        )
+        (models_dir / ACTIVE_FILE).write_text(record.model_dump_json())
+        rebooted = make_slot(models_dir, clock)
+        assert rebooted.heartbeat_fields()["model_failed"] is None
+        assert rebooted.install(v2, v2_file).reason == "rejected_before"
+        fields = rebooted.heartbeat_fields()
+        assert (fields["model_failed"], fields["model_failure"]) == ("2", "rejected_before")
+        assert active_json(models_dir).failed_version == "2"
+
     def test_an_unreadable_record_falls_back_to_the_initial_model(
         self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path
     ) -> None:

@@ -182,3 +182,14 @@ def test_eviction_removes_the_least_recently_used_unpinned(tmp_path: Path) -> No
     kept = {m.sha256 for m in (manifests[0], manifests[1], manifests[3])}
     assert set(_completed(cache)) == kept
     assert cache.total_bytes() == 3 * size
+
+
+def test_count_is_what_is_on_disk(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    first = _artifact(tmp_path, "a.onnx")
+    cache.add(_manifest(first), first)
+    second = _artifact(tmp_path, "b.onnx")
+    cache.add(_manifest(second), second)
+    assert cache.count() == 2
+    (cache.root / "sha256" / _manifest(first).sha256).unlink()  # deleted behind its back
+    assert cache.count() == 1

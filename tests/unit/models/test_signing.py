@@ -207,3 +207,36 @@ def test_trusting_nothing_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as caught:
         TrustedKeys.load([tmp_path])
     assert caught.value.reason == "no_keys"
+
+
+def test_a_payload_verifies_in_one_call(key: SigningKey, trusted: TrustedKeys) -> None:
+    assert trusted.verify_payload(key.sign(manifest()).to_json()) == manifest()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"{not json", "manifest"), (b" " * (64 * 1024 + 1), "too_large")],
+    ids=["malformed", "too-large"],
+)
+def test_a_bad_payload_is_refused_with_a_reason(
+    trusted: TrustedKeys, payload: bytes, reason: str
+) -> None:
+    with pytest.raises(ManifestError) as caught:
+        trusted.verify_payload(payload)
+    assert caught.value.reason == reason
+
+
+def test_a_payload_over_the_given_limit_is_refused(key: SigningKey, trusted: TrustedKeys) -> None:
+    payload = key.sign(manifest()).to_json()
+    with pytest.raises(ManifestError) as caught:
+        trusted.verify_payload(payload, max_bytes=len(payload) - 1)
+    assert caught.value.reason == "too_large"
+
+
+def test_a_payload_signed_by_an_untrusted_key_is_refused(
+    tmp_path: Path, trusted: TrustedKeys
+) -> None:
+    other = SigningKey.load(generate_keypair(tmp_path / "other").private_path)
+    with pytest.raises(SignatureError) as caught:
+        trusted.verify_payload(other.sign(manifest()).to_json())
+    assert caught.value.reason == "unknown_key"
