@@ -26,7 +26,7 @@ from pydantic import (
 from evc.errors import ConfigError, TopicError
 from evc.mqtt.client import BrokerAddress
 from evc.outbox import DropPolicy, Priority
-from evc.wire.topics import validate_name
+from evc.wire.topics import ALL_DEVICES, validate_name
 
 Model = TypeVar("Model", bound=BaseModel)
 Value = TypeVar("Value")
@@ -263,7 +263,8 @@ class DeviceModelsConfig(ModelTrustConfig):
     """Model updates on a device: verified, smoke-tested, swapped, rolled back if bad."""
 
     group: str = Field(
-        "all", description="Rollout group (e.g. canary); `all` follows only the site default."
+        ALL_DEVICES,
+        description="Rollout group (e.g. canary); `all` follows only the site default.",
     )
     smoke_max_ms: float = Field(
         2000.0, gt=0, description="A new model slower than this on its smoke test is refused."

@@ -84,7 +84,7 @@ def run_learning_loop(
     registry, controller = service.registry, service.controller
     registry.publish(name=MODEL, version="1", artifact=sample_model_path(), key=key)
     controller.set_default(site=site, name=MODEL, version="1")
-    cameras = _Cameras(work, site, fog_url, public_key, settings=settings, stop=stop)
+    cameras = _Cameras(work, site, fog_url, public_key, settings=settings)
     cameras.start()
     try:
         samples = _wait_for_samples(cloud, settings, progress, stop)
@@ -133,11 +133,9 @@ class _Cameras:
     """The site's simulated cameras: one canary and the rest, sampling, following models."""
 
     def __init__(
-        self, work: Path, site: str, fog_url: str, public_key: Path, *, settings: LoopSettings,
-        stop: threading.Event,
+        self, work: Path, site: str, fog_url: str, public_key: Path, *, settings: LoopSettings
     ) -> None:
         self._stop = threading.Event()
-        self._outer = stop
         self._results: list[SimulationResult] = []
         groups = [(CANARY, 1), ("all", max(1, settings.cameras - 1))]
         self._threads = [

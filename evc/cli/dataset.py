@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evc.cli.common import EXIT_FAILURE, EXIT_OK, Groups, command, group, print_result
+from evc.synthetic import CLASS_NAMES
 
 if TYPE_CHECKING:
     from evc.cloud.dataset import Dataset
@@ -48,7 +49,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="Lowest prediction score the predictions labeller keeps.",
     )
     parser.add_argument(
-        "--classes", default="circle,square,triangle",
+        "--classes", default=",".join(CLASS_NAMES),
         help="Class names in class-id order, comma-separated.",
     )
     parser.add_argument("--json", action="store_true", help="Print JSON for scripts.")

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 from evc.errors import EvcError, ModelError, TopicError
 from evc.inference import Detector
 from evc.models.manifest import DEFAULT_CHUNK_BYTES, Compatibility, Manifest, ManifestError
-from evc.models.signing import SignedManifest, SigningKey
+from evc.models.signing import MAX_MANIFEST_BYTES, SignedManifest, SigningKey
+from evc.wire.delivery import MAX_CHUNK_BYTES
 from evc.wire.topics import validate_name
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -97,8 +98,11 @@ class ModelRegistry:
                 the registry cannot be written (``io``).
         """
         self._check_names(name, version)
-        if chunk_size <= 0:
-            raise RegistryError(f"chunk size {chunk_size} is not positive", reason="chunk_size")
+        if not 0 < chunk_size <= MAX_CHUNK_BYTES:
+            raise RegistryError(
+                f"chunk size {chunk_size} is not in 1..{MAX_CHUNK_BYTES} (one chunk must fit one "
+                "MQTT message on the fog broker)", reason="chunk_size",
+            )
         target = self._manifest_path(name, version)
         if target.exists():
             raise _exists(name, version)
@@ -109,8 +113,13 @@ class ModelRegistry:
             compatibility=compatibility,
             created_ms=time.time_ns() // 1_000_000 if created_ms is None else created_ms,
         )
-        self._store_artifact(artifact, manifest)
         signed = key.sign(manifest)
+        if len(signed.to_json()) > MAX_MANIFEST_BYTES:  # gateways and devices would refuse it
+            raise RegistryError(
+                f"chunks of {chunk_size} bytes make a manifest over {MAX_MANIFEST_BYTES} bytes "
+                "(a digest per chunk); use larger chunks", reason="chunk_size",
+            )
+        self._store_artifact(artifact, manifest)
         self._store_manifest(target, signed)
         return signed
 

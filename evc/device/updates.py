@@ -191,8 +191,3 @@ class ModelUpdater:
     def _refuse(self, reason: str, exc: Exception) -> None:
         self.refused[reason] += 1
         log.warning("refused a model update (%s): %s", reason, exc)
-
-
-def updates_folder(state_dir: Path, device_id: str) -> Path:
-    """Where a device keeps its downloads, beside its buffer."""
-    return Path(state_dir) / f"{device_id}.models"

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from evc.config import StrictModel
 from evc.errors import EvcError
+from evc.wire.delivery import MAX_CHUNK_BYTES
 
 MANIFEST_FORMAT = 1
 DEFAULT_CHUNK_BYTES = 64 * 1024
@@ -50,7 +51,11 @@ class Manifest(StrictModel):
     version: str = Field(min_length=1, max_length=64, description="Model version, e.g. `2`.")
     sha256: str = Field(pattern=_HEX64, description="SHA-256 of the whole artifact, hex.")
     size: int = Field(gt=0, description="Artifact size in bytes.")
-    chunk_size: int = Field(gt=0, description="Bytes per chunk (the last may be shorter).")
+    chunk_size: int = Field(
+        gt=0, le=MAX_CHUNK_BYTES,
+        description="Bytes per chunk (the last may be shorter); one chunk fits one MQTT message "
+        "on the fog broker.",
+    )
     chunk_sha256: tuple[str, ...] = Field(description="SHA-256 of every chunk, in order, hex.")
     compatibility: Compatibility = Field(description="What a device must support.")
     created_ms: int = Field(ge=0, description="When it was published, Unix milliseconds.")

@@ -159,11 +159,16 @@ def test_names_and_versions_follow_the_name_rules(
     assert not registry.root.exists()
 
 
-def test_a_non_positive_chunk_size_is_refused(registry: ModelRegistry, key: SigningKey) -> None:
+@pytest.mark.parametrize("chunk_size", [0, 1024 * 1024, 16])
+def test_a_chunk_size_receivers_would_refuse_is_refused_at_publication(
+    registry: ModelRegistry, key: SigningKey, chunk_size: int
+) -> None:
+    # 0: no chunks; 1 MiB: a chunk message over the fog broker's packet limit; 16 bytes:
+    # 50,000 chunk digests, a manifest gateways and devices refuse as too large.
     with pytest.raises(RegistryError) as caught:
         registry.publish(
             name="shapes", version="1", artifact=sample_model_path(), key=key,
-            compatibility=SHAPES, chunk_size=0,
+            compatibility=SHAPES, chunk_size=chunk_size,
         )
     assert caught.value.reason == "chunk_size"
 
