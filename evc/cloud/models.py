@@ -100,7 +100,7 @@ def _report(device: str, ts_ms: int, fields: Mapping[str, object]) -> DeviceRepo
     return DeviceReport(
         device=device, group=text("group") or ALL_DEVICES, model=text("model"),
         sha256=text("model_sha256"), state=text("model_state"), failed=text("model_failed"),
-        failure=text("model_failure"), ts_ms=ts_ms,
+        failure=text("model_failure"), ts_ms=ts_ms, failed_sha256=text("model_failed_sha256"),
     )
 
 

@@ -84,6 +84,7 @@ class DeviceReport:
     failed: str | None  # the version it last rolled back from, if any
     failure: str | None
     ts_ms: int
+    failed_sha256: str | None = None  # the SHA-256 of that model, from newer devices
 
     def runs(self, rollout: Rollout) -> bool:
         """True if this device runs the rollout's version."""
@@ -92,10 +93,16 @@ class DeviceReport:
         return self.model in (rollout.version, f"{rollout.name}:{rollout.version}")
 
     def rejected(self, rollout: Rollout) -> bool:
-        """True if this device rolled the rollout's version back since the rollout began."""
-        return self.ts_ms >= rollout.started_ms and self.failed in (
-            rollout.version, f"{rollout.name}:{rollout.version}", rollout.sha256,
-        )
+        """True if this device rolled the rollout's version back since the rollout began.
+
+        Compared by SHA-256 when the device reports it: a version string alone may be another
+        model's.
+        """
+        if self.ts_ms < rollout.started_ms:
+            return False
+        if self.failed_sha256:
+            return self.failed_sha256 == rollout.sha256
+        return self.failed in (rollout.version, f"{rollout.name}:{rollout.version}", rollout.sha256)
 
 
 @dataclass(frozen=True, slots=True)

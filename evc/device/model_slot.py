@@ -21,72 +21,54 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
-import os
-import re
-import shutil
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from evc.config import StrictModel
+from evc.device.model_store import (
+    ACTIVE_FILE,
+    ActiveRecord,
+    Failure,
+    ModelRef,
+    ModelState,
+    ModelStore,
+    sha256_file,
+)
 from evc.errors import ConfigError, FrameError
 from evc.inference.detector import Detections, Detector
 from evc.models.manifest import Manifest
 from evc.synthetic import SyntheticCamera
 
+__all__ = [
+    "ACTIVE_FILE",
+    "ActiveRecord",
+    "InstallOutcome",
+    "ModelRef",
+    "ModelSlot",
+    "ModelState",
+    "ModelStatus",
+    "SlotDetections",
+    "SlotSettings",
+    "malformed",
+]
+
 log = logging.getLogger(__name__)
 
-ACTIVE_FILE = "active.json"
-_MODEL_FILE = re.compile(r"^[0-9a-f]{64}\.onnx$")
 _SMOKE_SEED = 0
 # Enough recent frames of the serving model for a stable median, without keeping history.
 _BASELINE_WINDOW = 200
 
 Image = npt.NDArray[np.uint8]
-
-
-class ModelState(StrEnum):
-    """What the slot is doing with its active model."""
-
-    SERVING = "serving"
-    PROBATION = "probation"
-    ROLLED_BACK = "rolled_back"
-
-
-class ModelRef(StrictModel):
-    """Which model: its name, version and the SHA-256 of its file."""
-
-    name: str = Field(description="Model name, e.g. `shapes`.")
-    version: str = Field(description="Model version, stamped on the frames it detects.")
-    sha256: str = Field(description="SHA-256 of the model file, hex.")
-
-
-class ActiveRecord(StrictModel):
-    """The content of ``active.json``: what a reboot comes up on."""
-
-    active: ModelRef = Field(description="The active model; its file is `<sha256>.onnx`.")
-    previous: ModelRef | None = Field(None, description="The model it replaced, kept on disk.")
-    state: ModelState = Field(ModelState.SERVING, description="State when it was written.")
-    rejected_sha256: str | None = Field(
-        None, description="The last model that failed; refused until a different one comes."
-    )
-    failed_version: str | None = Field(
-        None, description="Version of the model that last failed (heartbeat `model_failed`)."
-    )
-    failure_reason: str | None = Field(
-        None, description="Why it failed (heartbeat `model_failure`), e.g. `probation_error`."
-    )
 
 
 class InstallOutcome(StrictModel):
@@ -108,6 +90,7 @@ class ModelStatus(StrictModel):
     state: ModelState = Field(description="serving, probation or rolled_back.")
     failure_reason: str | None = Field(description="Reason of the last refusal or rollback.")
     failed_version: str | None = Field(description="Version that last failed.")
+    failed_sha256: str | None = Field(description="SHA-256 of the model that last failed.")
     counts: dict[str, int] = Field(description="Installs, refusals and rollbacks by reason.")
 
 
@@ -219,14 +202,13 @@ class ModelSlot:
             probation_min_frames=probation_min_frames, max_latency_ratio=max_latency_ratio,
             max_error_rate=max_error_rate,
         )
-        self._dir = Path(models_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._store = ModelStore(models_dir=models_dir)
         self._factory = detector_factory or Detector
         self._clock = clock
         self._lock = threading.Lock()
         self._install_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._failure: tuple[str, str] | None = None
+        self._failure: Failure | None = None
         self._rejected: str | None = None
         self._serving_ms: deque[float] = deque(maxlen=_BASELINE_WINDOW)
         self._smoke_images: list[Image] | None = None
@@ -359,7 +341,7 @@ class ModelSlot:
             # A different model came: the last failure is no longer held against its bytes.
             self._rejected = None
         _check_compatible(manifest, stage.active.detector)
-        path = self._store(artifact, manifest.sha256)
+        path = self._add(artifact, manifest.sha256)
         ref = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256)
         try:
             loaded = _Loaded(ref, self._load(path))
@@ -368,19 +350,17 @@ class ModelSlot:
             self._keep_on_disk(self._known_good())
         except (_Refused, OSError) as exc:
             if manifest.sha256 not in self._referenced():
-                path.unlink(missing_ok=True)
+                self._store.discard(manifest.sha256)
             if isinstance(exc, OSError):
                 raise _Refused("storage", f"cannot keep the previous model: {exc}") from exc
             raise
         return loaded
 
-    def _store(self, artifact: Path, sha256: str) -> Path:
-        path = self._dir / f"{sha256}.onnx"
+    def _add(self, artifact: Path, sha256: str) -> Path:
         try:
-            _write_atomically(path, artifact)
+            return self._store.add(artifact, sha256)
         except OSError as exc:
             raise _Refused("storage", f"cannot store the model: {exc}") from exc
-        return path
 
     def _load(self, path: Path) -> Detector:
         try:
@@ -449,9 +429,7 @@ class ModelSlot:
 
     def _keep_on_disk(self, loaded: _Loaded) -> None:
         """Make sure a model that may be rolled back to lives in ``models_dir``."""
-        path = self._dir / f"{loaded.ref.sha256}.onnx"
-        if loaded.detector.path.resolve() != path.resolve() and not path.exists():
-            _write_atomically(path, loaded.detector.path)
+        self._store.keep(loaded.ref, loaded.detector.path)
 
     def _refuse(self, manifest: Manifest, refused: _Refused) -> InstallOutcome:
         log.warning("model %s refused (%s): %s", manifest.label, refused.reason, refused.detail)
@@ -477,15 +455,18 @@ class ModelSlot:
         same bytes must keep saying so, even with an ``active.json`` written before the failure
         fields were recorded.
         """
-        if self._failure is not None and self._failure[1] == ref.version:
+        failure = self._failure
+        if failure is not None and failure.of(ref) and failure.sha256 is not None:
             return
-        self._failure = ("rejected_before", ref.version)
+        # A failure recorded before digests were kept gets the refused bytes' digest.
+        reason = failure.reason if failure is not None and failure.of(ref) else "rejected_before"
+        self._failure = Failure(reason=reason, version=ref.version, sha256=ref.sha256)
         self._persist()
 
     def _fail(self, ref: ModelRef, reason: str) -> None:
         """Remember a model that failed, so the same bytes are not tried again (locked)."""
         self._counts[reason] += 1
-        self._failure = (reason, ref.version)
+        self._failure = Failure(reason=reason, version=ref.version, sha256=ref.sha256)
         self._rejected = ref.sha256
 
     # -- status -------------------------------------------------------------------------------
@@ -500,19 +481,22 @@ class ModelSlot:
             name=ref.name, version=ref.version, sha256=ref.sha256,
             previous_version=stage.previous.version if stage.previous else None,
             state=state,
-            failure_reason=failure[0] if failure else None,
-            failed_version=failure[1] if failure else None,
+            failure_reason=failure.reason if failure else None,
+            failed_version=failure.version if failure else None,
+            failed_sha256=failure.sha256 if failure else None,
             counts=counts,
         )
 
     def heartbeat_fields(self) -> dict[str, str | int | float | None]:
-        """``model``, ``model_state``, ``model_previous``, ``model_failed``, ``model_failure``."""
+        """``model``, ``model_state``, ``model_previous``, and the last failure: ``model_failed``
+        (version), ``model_failed_sha256`` and ``model_failure`` (why)."""
         status = self.status()
         return {
             "model": status.version,
             "model_state": status.state.value,
             "model_previous": status.previous_version,
             "model_failed": status.failed_version,
+            "model_failed_sha256": status.failed_sha256,
             "model_failure": status.failure_reason,
         }
 
@@ -520,57 +504,39 @@ class ModelSlot:
 
     def _boot(self, initial: Path) -> _Stage:
         """Come up on the recorded active model if it loads, else on ``initial``."""
-        record = self._read_record()
-        if record is not None:
+        recovered = self._store.recover(self._factory)
+        if recovered is not None:
+            record = recovered.record
             self._rejected = record.rejected_sha256
-            if record.failed_version is not None:
-                # What a heartbeat last said went wrong must survive a reboot: a rollout waits
-                # for it to halt.
-                self._failure = (record.failure_reason or "unknown", record.failed_version)
-            active = self._load_recorded(record.active)
-            if active is not None:
-                return self._resume(record, active)
-            self._failure = ("boot_load", record.active.version)
+            # What a heartbeat last said went wrong must survive a reboot: a rollout waits for it
+            # to halt.
+            self._failure = record.failure
+            if recovered.active is not None:
+                return self._resume(record, recovered.active, recovered.fallback)
+            self._failure = Failure(
+                reason="boot_load", version=record.active.version, sha256=record.active.sha256
+            )
             self._counts["boot_load"] += 1
         detector = self._factory(initial)
-        ref = ModelRef(name=initial.stem, version=detector.model_version, sha256=_sha256(initial))
+        ref = ModelRef(
+            name=initial.stem, version=detector.model_version, sha256=sha256_file(initial)
+        )
         return _Stage(active=_Loaded(ref, detector))
 
-    def _resume(self, record: ActiveRecord, active: _Loaded) -> _Stage:
+    def _resume(
+        self, record: ActiveRecord, active: Detector, fallback: Detector | None
+    ) -> _Stage:
         """Rebuild the stage ``active.json`` describes; probation starts over after a reboot."""
         if record.state is ModelState.ROLLED_BACK:
             self._state = ModelState.ROLLED_BACK
-        if record.state is not ModelState.PROBATION or record.previous is None:
-            return _Stage(active=active, previous=record.previous)
-        fallback = self._load_recorded(record.previous)
-        if fallback is None:
-            return _Stage(active=active, previous=record.previous)
+        loaded = _Loaded(record.active, active)
+        if fallback is None or record.previous is None:
+            return _Stage(active=loaded, previous=record.previous)
         self._state = ModelState.PROBATION
-        probation = _Probation(started=self._clock(), baseline_ms=self._baseline_ms(fallback))
-        return _Stage(active=active, fallback=fallback, previous=record.previous,
+        known_good = _Loaded(record.previous, fallback)
+        probation = _Probation(started=self._clock(), baseline_ms=self._baseline_ms(known_good))
+        return _Stage(active=loaded, fallback=known_good, previous=record.previous,
                       probation=probation)
-
-    def _load_recorded(self, ref: ModelRef) -> _Loaded | None:
-        path = self._dir / f"{ref.sha256}.onnx"
-        try:
-            if _sha256(path) != ref.sha256:
-                log.warning("%s does not match its SHA-256; not loading it", path)
-                return None
-            return _Loaded(ref, self._factory(path))
-        # Whatever stops a recorded model from loading, the camera comes up on another one.
-        except Exception as exc:
-            log.warning("cannot load recorded model %s: %s", ref.version, exc)
-            return None
-
-    def _read_record(self) -> ActiveRecord | None:
-        path = self._dir / ACTIVE_FILE
-        try:
-            return ActiveRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValidationError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
-            return None
 
     def _persist(self) -> None:
         """Write ``active.json`` atomically (locked). A full disk must not stop the camera."""
@@ -579,15 +545,16 @@ class ModelSlot:
         record = ActiveRecord(
             active=stage.active.ref, previous=stage.previous, state=self._state,
             rejected_sha256=self._rejected,
-            failure_reason=failure[0] if failure else None,
-            failed_version=failure[1] if failure else None,
+            failure_reason=failure.reason if failure else None,
+            failed_version=failure.version if failure else None,
+            failed_sha256=failure.sha256 if failure else None,
         )
         try:
             self._keep_on_disk(stage.active)
-            _write_atomically(self._dir / ACTIVE_FILE, record.model_dump_json(indent=2).encode())
+            self._store.write(record)
         except OSError as exc:
             self._counts["persist_failed"] += 1
-            log.error("cannot record the active model in %s: %s", self._dir, exc)
+            log.error("cannot record the active model in %s: %s", self._store.models_dir, exc)
 
     def _referenced(self) -> set[str]:
         """SHA-256 of the models the slot runs or may roll back to."""
@@ -597,10 +564,7 @@ class ModelSlot:
 
     def _prune(self) -> None:
         """Delete model files that are neither active nor a rollback target."""
-        keep = self._referenced()
-        for path in self._dir.iterdir():
-            if _MODEL_FILE.match(path.name) and path.name[:64] not in keep:
-                path.unlink(missing_ok=True)
+        self._store.prune(keep=self._referenced())
 
 
 def malformed(found: Detections, num_classes: int) -> str | None:
@@ -644,25 +608,3 @@ def _check_loaded(manifest: Manifest, loaded: Detector, running: Detector) -> No
             "incompatible",
             f"model classes {list(loaded.class_names)} != {list(running.class_names)}",
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomically(target: Path, content: Path | bytes) -> None:
-    """Write ``content`` (bytes, or a file to copy) so ``target`` is never seen half written."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("wb") as out:
-        if isinstance(content, bytes):
-            out.write(content)
-        else:
-            with content.open("rb") as source:
-                shutil.copyfileobj(source, out, 1 << 20)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)

@@ -89,12 +89,12 @@ def live() -> Iterator[dict[str, fuzz.Target]]:
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    return list(fuzz._paths(doc, prefix))
+    return list(fuzz.tree_paths(doc, prefix))
 
 
 def _replaced(doc: Any, index: int, value: Any) -> Any:
     paths = _paths(doc)
-    return fuzz._replace_at(doc, paths[index % len(paths)], value)
+    return fuzz.replace_at(doc, paths[index % len(paths)], value)
 
 
 def _outcome(live: dict[str, fuzz.Target], name: str, data: bytes) -> None:

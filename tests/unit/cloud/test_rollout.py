@@ -35,6 +35,7 @@ class Fleet:
             device=device, group=group, model=version, sha256=sha256,
             state=extra.get("state", "serving"), failed=extra.get("failed"),
             failure=extra.get("failure"), ts_ms=self.now_ms,
+            failed_sha256=extra.get("failed_sha256"),
         ))
 
     def of(self, _site: str) -> Sequence[DeviceReport]:
@@ -134,6 +135,44 @@ def test_a_rollback_after_promotion_restores_the_previous_default(
 
     assert controller.get(rollout.id).stage is Stage.HALTED
     assert fleet.retained[(SITE, "all")] == "1"
+
+
+def test_a_failure_of_another_model_with_the_same_version_does_not_halt(
+    setup: tuple[RolloutController, Fleet, dict[str, str]],
+) -> None:
+    controller, fleet, sha = setup
+    rollout = controller.start(
+        site=SITE, name="shapes", version="2", canary_group="canary", promote_after_s=30
+    )
+    fleet.now_ms += 1_000
+    fleet.report(
+        "cam-1", "canary", "1", sha["1"], state="rolled_back", failed="2", failure="load",
+        failed_sha256="ef" * 32,  # another model's version 2
+    )
+
+    controller.tick()
+
+    assert controller.get(rollout.id).stage is Stage.CANARY
+    assert fleet.retained[(SITE, "canary")] == "2"
+
+
+def test_a_failure_with_the_rollouts_sha256_halts(
+    setup: tuple[RolloutController, Fleet, dict[str, str]],
+) -> None:
+    controller, fleet, sha = setup
+    rollout = controller.start(
+        site=SITE, name="shapes", version="2", canary_group="canary", promote_after_s=30
+    )
+    fleet.now_ms += 1_000
+    fleet.report(
+        "cam-1", "canary", "1", sha["1"], state="rolled_back", failed="shapes-2",
+        failure="probation_error", failed_sha256=sha["2"],
+    )
+
+    controller.tick()
+
+    assert controller.get(rollout.id).stage is Stage.HALTED
+    assert fleet.retained == {(SITE, "all"): "1", (SITE, "canary"): None}
 
 
 def test_no_promotion_without_any_canary_reporting(

@@ -32,7 +32,9 @@ def test_latest_heartbeat_per_device_and_dead_devices_left_out(tmp_path: Path) -
         _record("cam-2", 2, Kind.STATE, now - 1500, state="offline"),  # gone since
         _record("cam-3", 1, Kind.STATE, now - 5000, state="offline"),  # an older death...
         _record("cam-3", 2, Kind.STATE, now - 4000, state="online"),  # ... then back
-        _record("cam-3", 3, Kind.HEARTBEAT, now - 500, model="1", model_sha256="cd"),
+        _record("cam-3", 3, Kind.HEARTBEAT, now - 500, model="1", model_sha256="cd",
+                model_state="rolled_back", model_failed="2", model_failed_sha256="ab",
+                model_failure="probation_error"),
         _record("cam-5", 1, Kind.HEARTBEAT, now - 500, model="fixed"),  # follows no updates
         _record("cam-4", 1, Kind.HEARTBEAT, now - 600_000, model="1", model_sha256="cd"),
         _record("gw-1", 1, Kind.HEARTBEAT, now - 100, outbox_records=3),  # the gateway itself
@@ -43,5 +45,8 @@ def test_latest_heartbeat_per_device_and_dead_devices_left_out(tmp_path: Path) -
     assert sorted(reports) == ["cam-1", "cam-3"]
     cam1 = reports["cam-1"]
     assert (cam1.model, cam1.sha256, cam1.state, cam1.group) == ("2", "ab", "probation", "canary")
-    assert reports["cam-3"].group == "all"
+    cam3 = reports["cam-3"]
+    assert cam3.group == "all"
+    assert (cam3.failed, cam3.failed_sha256, cam3.failure) == ("2", "ab", "probation_error")
+    assert cam1.failed_sha256 is None
     store.close()

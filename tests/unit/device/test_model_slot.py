@@ -107,7 +107,7 @@ class TestInstall:
         assert active_json(models_dir).state is ModelState.SERVING
         assert slot.heartbeat_fields() == {
             "model": "2", "model_state": "serving", "model_previous": V1,
-            "model_failed": None, "model_failure": None,
+            "model_failed": None, "model_failed_sha256": None, "model_failure": None,
         }
 
     def test_v2_detects_like_the_model_it_copies(
@@ -333,6 +333,40 @@ class TestReboot:
         assert rebooted.install(v2, v2_file).reason == "rejected_before"
         assert rebooted.heartbeat_fields()["model_failed"] == "2"
 
+    def test_the_failed_models_sha256_is_reported_and_survives_a_reboot(
+        self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path, frames: list
+    ) -> None:
+        factory = faulty_factory(v2, good_calls=SMOKE_FRAMES, fault="raise")
+        slot = make_slot(models_dir, clock, detector_factory=factory)
+        assert slot.install(v2, v2_file).installed
+        slot.run(frames[0])  # v2 raises: rolled back
+        assert slot.status().failed_sha256 == v2.sha256
+        assert slot.heartbeat_fields()["model_failed_sha256"] == v2.sha256
+        assert active_json(models_dir).failed_sha256 == v2.sha256
+        rebooted = make_slot(models_dir, clock)
+        assert rebooted.status().failed_sha256 == v2.sha256
+        fields = rebooted.heartbeat_fields()
+        assert (fields["model_failed"], fields["model_failed_sha256"]) == ("2", v2.sha256)
+
+    def test_a_record_without_the_failed_sha256_gets_it_on_the_next_refusal(
+        self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path, frames: list
+    ) -> None:
+        factory = faulty_factory(v2, good_calls=SMOKE_FRAMES, fault="raise")
+        slot = make_slot(models_dir, clock, detector_factory=factory)
+        assert slot.install(v2, v2_file).installed
+        slot.run(frames[0])
+        # An active.json written before failed models were recorded by digest.
+        record = active_json(models_dir).model_copy(update={"failed_sha256": None})
+        (models_dir / ACTIVE_FILE).write_text(record.model_dump_json())
+        rebooted = make_slot(models_dir, clock)
+        assert rebooted.heartbeat_fields()["model_failed_sha256"] is None
+        assert rebooted.install(v2, v2_file).reason == "rejected_before"
+        fields = rebooted.heartbeat_fields()
+        assert (fields["model_failed"], fields["model_failed_sha256"], fields["model_failure"]) == (
+            "2", v2.sha256, "probation_error",
+        )
+        assert active_json(models_dir).failed_sha256 == v2.sha256
+
     def test_a_refusal_as_rejected_before_restores_a_lost_failure(
         self, models_dir: Path, clock: FakeClock, v2: Manifest, v2_file: Path, frames: list
     ) -> None:
@@ -350,6 +384,7 @@ class TestReboot:
         assert rebooted.install(v2, v2_file).reason == "rejected_before"
         fields = rebooted.heartbeat_fields()
         assert (fields["model_failed"], fields["model_failure"]) == ("2", "rejected_before")
+        assert fields["model_failed_sha256"] == v2.sha256
         assert active_json(models_dir).failed_version == "2"
 
     def test_an_unreadable_record_falls_back_to_the_initial_model(
