@@ -18,13 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, ValidationError
 
 from evc.config import PublishConfig, SamplingConfig, StrictModel
-from evc.mqtt.client import BrokerAddress, connect_async, new_client
-from evc.mqtt.command import Problem, Reply, Result, problems_of, push_command, version_of
+from evc.mqtt.client import BrokerAddress
+from evc.mqtt.command import (
+    CommandListener,
+    Problem,
+    Reply,
+    Result,
+    problems_of,
+    push_command,
+    version_of,
+)
 from evc.wire import Channel, DeviceTopic
 
 log = logging.getLogger(__name__)
@@ -75,9 +81,10 @@ class DeviceCommands:
         self.command_topic = str(DeviceTopic(site, device_id, Channel.COMMAND))
         self.reply_topic = str(DeviceTopic(site, device_id, Channel.COMMAND_REPLY))
         self.state_path = Path(state_dir) / f"{device_id}.settings.json"
-        self.subscribed = threading.Event()
-        self._client_id = f"evc-dev-{site}-{device_id}-cmd"
-        self._client: mqtt.Client | None = None  # made by start(): paho opens sockets at once
+        self.listener = CommandListener(
+            address=address, client_id=f"evc-dev-{site}-{device_id}-cmd",
+            command_topic=self.command_topic, reply_topic=self.reply_topic, handle=self.handle,
+        )
         self._load()
 
     def _load(self) -> None:
@@ -138,36 +145,11 @@ class DeviceCommands:
 
     def start(self) -> None:
         """Connect to the fog broker and take commands."""
-        client = new_client(client_id=self._client_id, address=self._address)
-        client.on_connect = self._on_connect
-        client.on_subscribe = lambda *_a: self.subscribed.set()
-        client.on_message = self._on_message
-        connect_async(client, self._address, persistent=True)
-        client.loop_start()
-        self._client = client
+        self.listener.start()
 
     def stop(self) -> None:
         """Disconnect."""
-        client, self._client = self._client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
-
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
-    ) -> None:
-        if not reason.is_failure:
-            client.subscribe(self.command_topic, qos=1)
-
-    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        if not message.payload:  # the retained command was cleared
-            return
-        try:
-            reply = self.handle(bytes(message.payload))
-        except Exception:  # a bug must not kill paho's network thread
-            log.exception("handling a command on %s failed", message.topic)
-            return
-        client.publish(self.reply_topic, reply.to_json(), qos=1, retain=True)
+        self.listener.stop()
 
 
 def push_device_settings(

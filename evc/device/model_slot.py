@@ -438,7 +438,9 @@ class ModelSlot:
             if refused.reason == "rejected_before":
                 self._counts[refused.reason] += 1
                 self._recall_failure(ref)
-            elif refused.reason == "already_active":
+            elif refused.reason in ("already_active", "storage"):
+                # Storage is the device's disk, not the model: count it, do not hold it against
+                # the model (a rollout would halt on it); the updater tries again later.
                 self._counts[refused.reason] += 1
             else:
                 self._fail(ref, refused.reason)

@@ -170,9 +170,15 @@ class ModelUpdater:
         outcome = self.slot.install(manifest, artifact)
         if outcome.installed:
             self.installed += 1
+            self._retry.reset()
+            # The slot keeps its own copy (and the previous one): the download is done with.
+            self.fetcher.cache.remove(manifest.sha256)
             log.info("model %s installed, on probation", manifest.label)
-        else:
-            self._refuse(outcome.reason or "install", EvcError(outcome.detail))
+            return True
+        self._refuse(outcome.reason or "install", EvcError(outcome.detail))
+        if outcome.reason == "storage":  # the device's disk, not the model: try again later
+            self._stop.wait(self._retry.next_s())
+            return False
         return True
 
     def _fetch_failed(self, exc: TransferError) -> bool:

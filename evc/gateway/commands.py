@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, ValidationError, field_validator
 
 from evc.config import GatewayConfig, StrictModel
 from evc.gateway.pipeline import OperatorConfig, Pipeline, build_pipeline
 from evc.metrics import GatewayMetrics
-from evc.mqtt.client import BrokerAddress, connect_async, new_client
+from evc.mqtt.client import BrokerAddress
 from evc.mqtt.command import (
+    CommandListener,
     Problem,
     Reply,
     problems_of,
@@ -105,8 +104,11 @@ class PipelineCommands:
         self.reply_topic = str(
             GatewayTopic(config.site, config.gateway_id, Channel.COMMAND_REPLY)
         )
-        self.subscribed = threading.Event()
-        self._client: mqtt.Client | None = None
+        self.listener = CommandListener(
+            address=config.cloud.address,
+            client_id=f"evc-gw-{config.site}-{config.gateway_id}-cmd",
+            command_topic=self.command_topic, reply_topic=self.reply_topic, handle=self.handle,
+        )
         self._load()
 
     def _load(self) -> None:
@@ -172,41 +174,16 @@ class PipelineCommands:
 
     def start(self) -> None:
         """Connect to the cloud broker and take commands."""
-        config = self._config
-        client = new_client(
-            client_id=f"evc-gw-{config.site}-{config.gateway_id}-cmd",
-            address=config.cloud.address,
-        )
-        client.on_connect = self._on_connect
-        client.on_subscribe = lambda *_a: self.subscribed.set()
-        client.on_message = self._on_message
-        connect_async(client, config.cloud.address, persistent=True)
-        client.loop_start()
-        self._client = client
+        self.listener.start()
 
     def stop(self) -> None:
         """Disconnect."""
-        client, self._client = self._client, None
-        if client is None:
-            return
-        client.disconnect()
-        client.loop_stop()
+        self.listener.stop()
 
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
-    ) -> None:
-        if not reason.is_failure:
-            client.subscribe(self.command_topic, qos=1)
-
-    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if not message.payload:  # the retained command was cleared
-            return
-        try:
-            reply = self.handle(bytes(message.payload))
-        except Exception:  # a bug must not kill paho's network thread
-            log.exception("handling a command on %s failed", message.topic)
-            return
-        client.publish(self.reply_topic, reply.to_json(), qos=1, retain=True)
+    @property
+    def subscribed(self) -> threading.Event:
+        """Set once the command topic is subscribed."""
+        return self.listener.subscribed
 
 
 def push_pipeline(

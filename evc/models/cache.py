@@ -238,6 +238,20 @@ class ArtifactCache:
         with self._lock:
             self._pinned.discard(sha256)
 
+    def remove(self, sha256: str) -> bool:
+        """Delete the complete artifact ``sha256`` unless it is pinned; True if it was deleted.
+
+        For an owner that has copied the artifact elsewhere (a device's model slot keeps its own).
+        """
+        with self._lock:
+            if sha256 in self._pinned:
+                return False
+        try:
+            self._complete_path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def count(self) -> int:
         """How many complete artifacts the cache holds."""
         return len(self._complete())

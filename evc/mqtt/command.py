@@ -11,17 +11,22 @@ a command may contain is the target's business (``evc.gateway.commands``,
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from evc.errors import EvcError
 from evc.mqtt.client import BrokerAddress, connect_async, new_client
+
+log = logging.getLogger(__name__)
 
 Result = Literal["applied", "rejected", "stale"]
 MAX_REQUEST_CHARS = 64
@@ -128,3 +133,61 @@ def push_command(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+class CommandListener:
+    """The target's MQTT side: takes retained commands on one topic and publishes each reply,
+    retained, on another.
+
+    Args:
+        address: the broker the commands arrive on.
+        client_id: stable, so the broker keeps the session (commands pushed while away).
+        command_topic: where commands arrive.
+        reply_topic: where replies go.
+        handle: validates and applies one command; must not raise on bad input.
+    """
+
+    def __init__(
+        self, *, address: BrokerAddress, client_id: str, command_topic: str, reply_topic: str,
+        handle: Callable[[bytes], Reply],
+    ) -> None:
+        self._address = address
+        self._client_id = client_id
+        self.command_topic = command_topic
+        self.reply_topic = reply_topic
+        self._handle = handle
+        self.subscribed = threading.Event()
+        self._client: mqtt.Client | None = None  # made by start(): paho opens sockets at once
+
+    def start(self) -> None:
+        """Connect and take commands (the retained one arrives at once)."""
+        client = new_client(client_id=self._client_id, address=self._address)
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *_a: self.subscribed.set()
+        client.on_message = self._on_message
+        connect_async(client, self._address, persistent=True)
+        client.loop_start()
+        self._client = client
+
+    def stop(self) -> None:
+        """Disconnect."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.command_topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:  # the retained command was cleared
+            return
+        try:
+            reply = self._handle(bytes(message.payload))
+        except Exception:  # a bug must not kill paho's network thread
+            log.exception("handling a command on %s failed", message.topic)
+            return
+        client.publish(self.reply_topic, reply.to_json(), qos=1, retain=True)

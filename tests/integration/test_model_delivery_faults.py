@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from conftest import RawClient, finish_within, wait_for
 
@@ -31,7 +30,7 @@ from evc.inference.detector import Detector
 from evc.metrics import GatewayMetrics
 from evc.models.signing import SignedManifest, SigningKey, TrustedKeys, generate_keypair
 from evc.mqtt.client import BrokerAddress
-from evc.synthetic.sample_model import sample_model_path
+from evc.synthetic.sample_model import sample_model_copy, sample_model_path
 from evc.wire import Channel, DeviceTopic
 
 pytestmark = pytest.mark.integration
@@ -41,19 +40,6 @@ DEV_FULL = Path("/dev/full")
 
 def _address(broker: Broker) -> BrokerAddress:
     return BrokerAddress.from_url(broker.url)
-
-
-def _relabelled(source: Path, target: Path, version: str) -> Path:
-    """The sample model with another version in its metadata: other bytes, same behaviour."""
-    model = onnx.load(str(source))
-    for prop in model.metadata_props:
-        if prop.key == "version":
-            prop.value = version
-            break
-    else:
-        model.metadata_props.add(key="version", value=version)
-    onnx.save(model, str(target))
-    return target
 
 
 @dataclass
@@ -101,11 +87,11 @@ def make_site(
             registry.publish(name="shapes", version="1", artifact=sample_model_path(), key=key)
             v2 = registry.publish(
                 name="shapes", version="2", key=key,
-                artifact=_relabelled(sample_model_path(), tmp_path / "v2.onnx", "2"),
+                artifact=sample_model_copy(tmp_path / "v2.onnx", version="2"),
             )
             v3 = registry.publish(
                 name="shapes", version="3", key=key,
-                artifact=_relabelled(sample_model_path(), tmp_path / "v3.onnx", "3"),
+                artifact=sample_model_copy(tmp_path / "v3.onnx", version="3"),
             )
             metrics = GatewayMetrics()
             folder = tmp_path / "gateway-models"
@@ -294,7 +280,7 @@ def test_an_idle_device_drops_whatever_arrives_on_its_chunk_topic(
 def test_a_rollback_is_still_reported_after_a_reboot(tmp_path: Path) -> None:
     """A canary that rolled v2 back and rebooted before the cloud stored a heartbeat saying so
     still reports `model_failed`, so the rollout controller sees the rejection and halts."""
-    v2 = _relabelled(sample_model_path(), tmp_path / "v2.onnx", "2")
+    v2 = sample_model_copy(tmp_path / "v2.onnx", version="2")
     key = SigningKey.load(generate_keypair(tmp_path / "keys").private_path)
 
     registry = ModelRegistry(tmp_path / "registry")

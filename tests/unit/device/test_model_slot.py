@@ -472,3 +472,20 @@ def test_malformed_names_what_is_wrong(found: Detections, problem: str | None) -
     else:
         assert verdict is not None
         assert problem in verdict
+
+
+def test_a_full_or_broken_disk_is_not_held_against_the_model(
+    models_dir: Path, clock: FakeClock, v2_file: Path, v2: Manifest
+) -> None:
+    slot = make_slot(models_dir, clock)
+    blocker = models_dir / f"{v2.sha256}.onnx"
+    blocker.mkdir()  # the artifact's place on disk cannot be written
+
+    refused = slot.install(v2, v2_file)
+
+    assert (refused.installed, refused.reason) == (False, "storage")
+    status = slot.status()
+    assert status.failed_version is None  # not reported as a model that failed ...
+    assert status.counts["storage"] == 1  # ... but counted
+    blocker.rmdir()
+    assert slot.install(v2, v2_file).installed  # not refused as rejected_before

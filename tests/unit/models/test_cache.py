@@ -193,3 +193,17 @@ def test_count_is_what_is_on_disk(tmp_path: Path) -> None:
     assert cache.count() == 2
     (cache.root / "sha256" / _manifest(first).sha256).unlink()  # deleted behind its back
     assert cache.count() == 1
+
+
+def test_remove_deletes_a_complete_artifact_unless_pinned(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    artifact = _artifact(tmp_path)
+    manifest = _manifest(artifact)
+    cache.add(manifest, artifact)
+    cache.pin(manifest.sha256)
+
+    assert not cache.remove(manifest.sha256)  # pinned: kept
+    cache.unpin(manifest.sha256)
+    assert cache.remove(manifest.sha256)
+    assert cache.path(manifest.sha256) is None
+    assert not cache.remove(manifest.sha256)  # already gone
