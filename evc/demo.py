@@ -15,6 +15,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,13 @@ def run_demo(
                 stack, work, console, stop,
                 devices=devices, fps=fps, duration_s=duration_s, outage_s=outage,
             )
+            fleets = [fleet_status(stack.store)]
             if loop is not None and not stop.is_set():
-                summary["learning_loop"] = _learn(stack, work, console, stop, loop)
-            fleet = fleet_status(stack.store)
+                summary["learning_loop"] = _learn(
+                    stack, work, console, stop, settings=loop,
+                    while_running=lambda: fleets.append(fleet_status(stack.store)),
+                )
+            fleet = fleets[-1]
         finally:
             stack.gateway.stop()
             stack.cloud.stop()
@@ -129,7 +134,8 @@ def _metrics_url(server: MetricsServer | None) -> str:
 
 
 def _learn(
-    stack: _Stack, work: Path, console: Console, stop: threading.Event, settings: LoopSettings
+    stack: _Stack, work: Path, console: Console, stop: threading.Event, *,
+    settings: LoopSettings, while_running: Callable[[], object],
 ) -> dict[str, Any]:
     console.print("[bold]learning loop[/]: the scene shifts; cameras sample hard examples")
     try:
@@ -137,6 +143,7 @@ def _learn(
             work=work, site=SITE, fog_url=stack.fog.url, cloud=stack.cloud,
             gateway=stack.gateway, key=stack.key, public_key=stack.public_key,
             settings=settings, progress=lambda text: console.print(f"  {text}"), stop=stop,
+            while_running=while_running,
         )
     except LoopError as exc:
         console.print(f"[bold red]learning loop failed[/]: {exc}")

@@ -70,9 +70,12 @@ class LoopSettings:
 def run_learning_loop(
     *, work: Path, site: str, fog_url: str, cloud: CloudIngest, gateway: Gateway,
     key: SigningKey, public_key: Path, settings: LoopSettings, progress: Progress,
-    stop: threading.Event,
+    stop: threading.Event, while_running: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Run the loop on a running stack; return its summary.
+
+    ``while_running`` is called once the rollout is complete, while the cameras still run (the
+    demo takes its fleet view then).
 
     Raises:
         LoopError: no hard examples arrived, the candidate failed its gate, or the rollout did
@@ -108,6 +111,8 @@ def run_learning_loop(
         )
         stages = _follow_rollout(controller, rollout.id, settings, progress, stop)
         reports = controller.reports(site)  # while the cameras still run and report
+        if while_running is not None:
+            while_running()
     finally:
         cameras.stop()
     size = result.published.manifest.size

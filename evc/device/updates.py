@@ -104,7 +104,8 @@ class ModelUpdater:
             **self.slot.heartbeat_fields(),
             "model_sha256": self.slot.status().sha256,
             "group": self.group,
-            "model_refused": sum(self.refused.values()),
+            # Whole updates refused, and single chunks refused (and asked for again).
+            "model_refused": sum(self.refused.values()) + sum(self.fetcher.refused.values()),
         }
 
     # -- MQTT (paho's thread) ------------------------------------------------------------------

@@ -178,6 +178,9 @@ class ModelRelay:
                 self._relay(group, self._latest[group])
             except Exception:  # one bad update must not end model delivery for the site
                 log.exception("relaying the desired model of group %s failed", group)
+                self._metrics.refused.labels("error").inc()
+                if not self._stop.wait(self._retry.next_s()):
+                    self._inbox.put(group)  # try again, unless a newer manifest replaced it
 
     def _relay(self, group: str, payload: bytes) -> None:
         if not payload:  # the cloud cleared the group's entry: clear it for devices too
